@@ -1,0 +1,273 @@
+"""`compile()` and `CompiledModel`: the user-facing API.
+
+The compiled model keeps the user's module only to read its forward signature and to capture it
+again for a new input signature; it never modifies it (training flags are restored after export,
+weights are copied into the IR). Calls are matched on their input signature (tree structure,
+shapes, dtypes and non-tensor values): one capture per signature, cached.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from compiler import dtypes
+from compiler.capture import Captured, capture
+from compiler.errors import InputError
+from compiler.execute import TorchProgram, run_reference
+from compiler.ir import Graph
+from compiler.pipeline import DebugOptions, PassManager, parse_pipeline
+from compiler.report import CompileRecord, Report, count_flops, count_params
+from compiler.targets import Target, get_target
+
+
+@dataclass
+class _Entry:
+    """One input signature: what was captured and the graph after the pipeline."""
+
+    captured: Captured
+    graph: Graph
+    leaf_types: tuple[Any, ...]
+    programs: dict[str, TorchProgram] = field(default_factory=dict)
+
+
+def _leaf_key(leaf: Any) -> tuple:
+    if isinstance(leaf, torch.Tensor):
+        return ("tensor", tuple(leaf.shape), str(leaf.dtype), leaf.device.type)
+    return ("const", type(leaf).__name__, repr(leaf))
+
+
+def _describe_leaf(key: tuple) -> str:
+    if key[0] == "tensor":
+        try:
+            dtype = dtypes.from_torch(getattr(torch, key[2].split(".")[-1]))
+        except (AttributeError, dtypes.DTypeError):
+            dtype = key[2]
+        return f"{dtype}[{','.join(map(str, key[1]))}]" + ("" if key[3] == "cpu" else f"@{key[3]}")
+    return f"{key[1]} {key[2]}"
+
+
+def _normalize_example(example: Any) -> tuple[tuple, dict]:
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    if isinstance(example, (tuple, list)):
+        return tuple(example), {}
+    raise TypeError("example_inputs must be a tensor, a tuple of positional inputs or a dict of "
+                    f"keyword inputs, got {type(example).__name__}")
+
+
+class CompiledModel:
+    """A model compiled by fxforge: call it like the original module."""
+
+    def __init__(self, model: torch.nn.Module, target: Target, pipeline: tuple[str, ...],
+                 debug: DebugOptions):
+        self._model = model
+        self.target = target.name
+        self._target = target
+        self._manager = PassManager(pipeline, debug)
+        self.report = Report(target.name, pipeline)
+        self._entries: dict[tuple, _Entry] = {}
+        self._latest: _Entry | None = None
+        self._fixed = False  # True when compiled for example_inputs only
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            self._signature = None
+        self._name = type(model).__name__
+
+    # --- inputs ---
+
+    def _bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Canonical (args, kwargs): as positional as the forward signature allows."""
+        if self._signature is None:
+            return args, kwargs
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise InputError(f"{self._name}.forward{self._signature}: {e}") from None
+        return tuple(bound.args), dict(bound.kwargs)
+
+    def _leaf_names(self, args: tuple, kwargs: dict) -> list[str]:
+        params = list(self._signature.parameters) if self._signature is not None else []
+        names = []
+        for path, _ in pytree.tree_flatten_with_path((args, kwargs))[0]:
+            head, rest = path[0], path[1:]
+            if head.idx == 0 and rest:
+                i = rest[0].idx
+                name = params[i] if i < len(params) else f"args[{i}]"
+                rest = rest[1:]
+            elif rest:
+                name, rest = str(rest[0].key), rest[1:]
+            else:
+                name = "?"
+            names.append(name + pytree.keystr(tuple(rest)))
+        return names
+
+    def _key(self, args: tuple, kwargs: dict) -> tuple[tuple, list]:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        return (repr(spec), tuple(_leaf_key(x) for x in leaves)), leaves
+
+    def _mismatch(self, args: tuple, kwargs: dict, key: tuple) -> InputError:
+        expected_spec, expected = next(iter(self._entries))
+        names = self._leaf_names(args, kwargs)
+        if key[0] != expected_spec or len(key[1]) != len(expected):
+            return InputError(f"{self._name} was compiled for {len(expected)} input(s) "
+                              f"({self._describe(expected)}); got {len(key[1])} "
+                              f"({self._describe(key[1])})")
+        for name, want, got in zip(names, expected, key[1]):
+            if want != got:
+                return InputError(
+                    f"input {name!r} of {self._name}: compiled for {_describe_leaf(want)}, got "
+                    f"{_describe_leaf(got)}. compile() without example_inputs to specialize on "
+                    "each new input signature")
+        return InputError("inputs differ from the compiled signature")
+
+    @staticmethod
+    def _describe(keys: tuple) -> str:
+        return ", ".join(_describe_leaf(k) for k in keys)
+
+    def _prepare(self, args: tuple, kwargs: dict) -> tuple[_Entry, list]:
+        args, kwargs = self._bind(args, kwargs)
+        key, leaves = self._key(args, kwargs)
+        entry = self._entries.get(key)
+        if entry is None:
+            if self._fixed:
+                raise self._mismatch(args, kwargs, key)
+            entry = self._compile_for(args, kwargs, key)
+        self._latest = entry
+        return entry, leaves
+
+    # --- compiling ---
+
+    def _compile_for(self, args: tuple, kwargs: dict, key: tuple | None = None) -> _Entry:
+        if key is None:
+            args, kwargs = self._bind(args, kwargs)
+            key, _ = self._key(args, kwargs)
+        captured = capture(self._model, args, kwargs)
+        names = self._leaf_names(args, kwargs)
+        signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
+        subdir = "" if not self._entries else f"capture-{len(self._entries) + 1}"
+        graph, records = self._manager.run(captured.graph, dump_subdir=subdir)
+        before = captured.graph
+        self.report.records.append(CompileRecord(
+            signature, captured.export_seconds, captured.convert_seconds, records,
+            len(before.nodes), len(graph.nodes), count_params(before), count_params(graph),
+            count_flops(before), count_flops(graph), list(captured.fallbacks),
+            list(captured.warnings)))
+        entry = _Entry(captured, graph, key[1])
+        self._entries[key] = entry
+        self._latest = entry
+        return entry
+
+    # --- running ---
+
+    def _graph_inputs(self, entry: _Entry, leaves: list) -> list[torch.Tensor]:
+        return [leaves[i] for i in entry.captured.input_leaves]
+
+    def _execute(self, entry: _Entry, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self._target.backend == "reference":
+            device = inputs[0].device if inputs else torch.device("cpu")
+            arrays = [x.detach().cpu().numpy() for x in inputs]
+            outs = run_reference(entry.graph, arrays)
+            return [torch.from_numpy(np.array(o)).to(device) for o in outs]
+        device = inputs[0].device if inputs else torch.device("cpu")
+        program = entry.programs.get(str(device))
+        if program is None:
+            program = entry.programs[str(device)] = TorchProgram(entry.graph, device)
+        with torch.no_grad():
+            return program(inputs)
+
+    def _restore(self, entry: _Entry, outputs: list) -> Any:
+        leaves = [outputs[ref] if kind == "value" else ref
+                  for kind, ref in entry.captured.output_leaves]
+        return pytree.tree_unflatten(leaves, entry.captured.out_spec)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        entry, leaves = self._prepare(args, kwargs)
+        return self._restore(entry, self._execute(entry, self._graph_inputs(entry, leaves)))
+
+    def check(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Run this target and the numpy reference on the same IR and inputs; return the
+        largest absolute difference per output, keyed by its path in the output structure."""
+        entry, leaves = self._prepare(args, kwargs)
+        inputs = self._graph_inputs(entry, leaves)
+        ours = self._execute(entry, inputs)
+        reference = run_reference(entry.graph, [x.detach().cpu().numpy() for x in inputs])
+        names = output_names(entry.captured)
+        errors = {}
+        for name, a, b in zip(names, ours, reference):
+            diff = np.abs(a.detach().cpu().numpy().astype(np.float64) - b.astype(np.float64))
+            errors[name] = float(np.nanmax(diff)) if diff.size else 0.0
+        return errors
+
+    # --- inspection ---
+
+    @property
+    def graph(self) -> Graph:
+        """The IR after the pipeline, for the most recent input signature."""
+        if self._latest is None:
+            raise RuntimeError(f"{self._name} is not captured yet: call it once, or compile with "
+                               "example_inputs=...")
+        return self._latest.graph
+
+    @property
+    def captured_graph(self) -> Graph:
+        """The IR as captured, before any pass."""
+        self.graph  # noqa: B018 - raises the same helpful error when nothing is captured
+        return self._latest.captured.graph
+
+    @property
+    def graphs(self) -> list[Graph]:
+        """The optimized IR of every input signature seen so far."""
+        return [e.graph for e in self._entries.values()]
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel({self._name}, target={self.target!r}, "
+                f"captures={self.report.captures})")
+
+
+def output_names(captured: Captured) -> list[str]:
+    """Paths of the tensor outputs in the user's output structure: `[0]`, `['logits']`, ..."""
+    marks = [i for i, _ in enumerate(captured.output_leaves)]
+    tree = pytree.tree_unflatten(marks, captured.out_spec)
+    paths = pytree.tree_flatten_with_path(tree)[0]
+    kinds = [kind for kind, _ in captured.output_leaves]
+    return [pytree.keystr(path) or "output" for (path, _), kind in zip(paths, kinds)
+            if kind == "value"]
+
+
+def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any = None,  # noqa: A001
+            calibration: Any = None, passes: str | list[str] | None = None, debug: Any = None,
+            **options: Any) -> CompiledModel:
+    """Compile `model` for `target` (see `compiler.TARGETS`).
+
+    example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
+        the model is captured now and calls must match it; omitted, the model is captured at the
+        first call and again for each new input signature.
+    passes: the pipeline as a list or comma-separated string of pass names (default: the
+        target's). debug: instruments of the PassManager (see `compiler.pipeline`).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"compile() expects a torch.nn.Module, got {type(model).__name__}")
+    info = get_target(target)
+    if options:
+        raise TypeError(f"compile() got unknown option(s) {sorted(options)} for target {target!r}")
+    if calibration is not None and info.precision != "int8":
+        warnings.warn(f"calibration data is only used by int8 targets; target {target!r} "
+                      "ignores it", stacklevel=2)
+    pipeline = info.pipeline if passes is None else parse_pipeline(passes)
+    compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug))
+    if example_inputs is not None:
+        args, kwargs = _normalize_example(example_inputs)
+        compiled._compile_for(args, kwargs)
+        compiled._fixed = True
+    return compiled

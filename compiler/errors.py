@@ -1,0 +1,27 @@
+"""The exceptions a user of fxforge can meet. Each message names the problem and where it is."""
+
+from __future__ import annotations
+
+
+class FxforgeError(Exception):
+    """Base of fxforge's own errors."""
+
+
+class CaptureError(FxforgeError):
+    """torch.export could not capture the model, or its graph could not become IR."""
+
+
+class UnsupportedModelError(CaptureError):
+    """The model exports, but does something a compiled inference graph cannot reproduce."""
+
+
+class InputError(FxforgeError, TypeError):
+    """A call whose inputs do not fit the compiled model (number, dtype, shape)."""
+
+
+class ExecutionError(FxforgeError, RuntimeError):
+    """A node failed while running; the message names the node and its module path."""
+
+
+class PipelineError(FxforgeError, ValueError):
+    """An unknown pass name, or a pass that broke the IR (named, with the verifier's message)."""

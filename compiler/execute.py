@@ -1,0 +1,134 @@
+"""Executors: run a graph with the numpy reference or with torch ops.
+
+Both walk the nodes in order, hand each op its inputs and attributes, and hold the result to the
+node's declared type: a wrong shape is an error naming the node (it means an op's inference and
+its implementation disagree), a different dtype is converted (numpy and torch promote
+differently; the declared dtype is torch's). Values are dropped after their last use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from compiler import dtypes, ops
+from compiler.errors import ExecutionError
+from compiler.ir import Graph, Node, Value
+from kernels.torch_backend import DEVICE_AWARE_OPS, TORCH_IMPLS
+
+
+def _last_uses(graph: Graph) -> list[list[str]]:
+    """For node i, the value names whose last reader is node i (graph outputs never expire)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last[v.name] = i
+    keep = {v.name for v in graph.outputs}
+    table: list[list[str]] = [[] for _ in graph.nodes]
+    for name, i in last.items():
+        if name not in keep:
+            table[i].append(name)
+    return table
+
+
+def _results(node: Node, out: Any) -> tuple:
+    outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    if len(outs) != len(node.outputs):
+        raise ExecutionError(f"{node.describe()}: produced {len(outs)} results, "
+                             f"declared {len(node.outputs)}")
+    return outs
+
+
+def _check_inputs(graph: Graph, values: Sequence[Any]) -> None:
+    if len(values) != len(graph.inputs):
+        raise ExecutionError(f"graph takes {len(graph.inputs)} inputs, got {len(values)}")
+
+
+# --- numpy reference ----------------------------------------------------------------------------
+
+
+def _to_declared(array: Any, v: Value, node: Node) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != v.type.shape:
+        raise ExecutionError(f"{node.describe()}: reference produced shape {list(array.shape)} "
+                             f"for {v} declared {v.type}")
+    return array.astype(dtypes.to_numpy(v.type.dtype), copy=False)
+
+
+def run_reference(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run `graph` with the numpy reference. Inputs are converted to their declared dtypes."""
+    _check_inputs(graph, inputs)
+    env: dict[str, np.ndarray] = {
+        v.name: np.asarray(x).astype(dtypes.to_numpy(v.type.dtype), copy=False)
+        for v, x in zip(graph.inputs, inputs)}
+    for node, expired in zip(graph.nodes, _last_uses(graph)):
+        if node.op == "const":
+            array = node.attrs["value"].array
+            if array is None:
+                raise ExecutionError(f"{node.describe()}: constant data was elided; parse the IR "
+                                     "with parse_ir(text, constants=...) to run it")
+            env[node.output.name] = array
+            continue
+        fn = ops.get(node.op).reference
+        args = [env[v.name] for v in node.inputs]
+        try:
+            with np.errstate(all="ignore"):
+                out = fn(*args, **node.attrs)
+        except ExecutionError:
+            raise
+        except Exception as e:
+            raise ExecutionError(f"reference failed at {node.describe()}: "
+                                 f"{type(e).__name__}: {e}") from e
+        for v, o in zip(node.outputs, _results(node, out)):
+            env[v.name] = _to_declared(o, v, node)
+        for name in expired:
+            env.pop(name, None)
+    return [env[v.name] for v in graph.outputs]
+
+
+# --- torch --------------------------------------------------------------------------------------
+
+
+class TorchProgram:
+    """A graph prepared for repeated torch execution on one device (constants moved once)."""
+
+    def __init__(self, graph: Graph, device: torch.device):
+        self.graph = graph
+        self.device = device
+        self.constants: dict[str, torch.Tensor] = {}
+        self.steps: list[tuple[Node, Any, dict, list[str], torch.dtype | tuple]] = []
+        for node, expired in zip(graph.nodes, _last_uses(graph)):
+            if node.op == "const":
+                array = node.attrs["value"].array
+                if array is None:
+                    raise ExecutionError(f"{node.describe()}: constant data was elided")
+                self.constants[node.output.name] = torch.from_numpy(np.array(array)).to(device)
+                continue
+            attrs = dict(node.attrs)
+            if node.op in DEVICE_AWARE_OPS:
+                attrs["device"] = device
+            out_dtypes = tuple(dtypes.to_torch(v.type.dtype) for v in node.outputs)
+            self.steps.append((node, TORCH_IMPLS[node.op], attrs, expired, out_dtypes))
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        graph = self.graph
+        _check_inputs(graph, inputs)
+        env: dict[str, torch.Tensor] = dict(self.constants)
+        for v, x in zip(graph.inputs, inputs):
+            env[v.name] = x
+        for node, fn, attrs, expired, out_dtypes in self.steps:
+            try:
+                out = fn(*[env[v.name] for v in node.inputs], **attrs)
+            except Exception as e:
+                raise ExecutionError(f"torch backend failed at {node.describe()}: "
+                                     f"{type(e).__name__}: {e}") from e
+            results = _results(node, out)
+            for v, o, dtype in zip(node.outputs, results, out_dtypes):
+                env[v.name] = o if o.dtype == dtype else o.to(dtype)
+            for name in expired:
+                if name not in self.constants:
+                    env.pop(name, None)
+        return [env[v.name] for v in graph.outputs]

@@ -1,0 +1,596 @@
+"""The op registry: one declaration per IR op.
+
+Each `OpDef` holds everything the compiler knows about an op in one place: its inputs, typed
+attributes with defaults, shape/dtype inference, FLOP count, its kind (what passes may assume
+about it) and a pointer to its numpy reference in `kernels/reference.py`, which is the executable
+specification. Backends (the torch backend, later Triton) claim ops by name; anything the torch
+backend runs is also the fallback for every other backend.
+
+`build_node` is the only way passes and capture should make nodes: it fills attribute defaults,
+validates them, and infers output types, so no node is ever created with a stale type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from compiler import dtypes
+from compiler.ir import Attrs, ConstData, Node, Provenance, TensorType, Value
+from compiler.shapes import (
+    OpTypeError,
+    broadcast,
+    matmul_shape,
+    norm_dim,
+    norm_dims,
+    reshape_target,
+    window_out,
+)
+from kernels import reference as ref
+
+REQUIRED = object()
+Types = Sequence[TensorType]
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """kind: int, float, bool, str, dtype, ints (tuple of int), any; `optional` admits None."""
+
+    kind: str
+    default: Any = REQUIRED
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    min_inputs: int
+    max_inputs: int | None  # None: variadic
+    attrs: Mapping[str, AttrSpec]
+    infer: Callable[[Types, Attrs], tuple[TensorType, ...]] | None  # None: types are given
+    reference: Callable[..., Any] | None
+    kind: str  # elementwise | reduction | layout | compute | source | opaque
+    flops: Callable[[Types, tuple[TensorType, ...], Attrs], int] = field(default=None)  # type: ignore[assignment]
+    doc: str = ""
+
+    def count_flops(self, ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+        if self.flops is not None:
+            return self.flops(ins, outs, attrs)
+        return sum(t.numel for t in outs) if self.kind == "elementwise" else 0
+
+
+class OpRegistryError(KeyError):
+    """An op name the registry does not know."""
+
+
+def _check_attr(op: str, name: str, spec: AttrSpec, value: Any) -> None:
+    if value is None and spec.optional:
+        return
+    ok = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "dtype": lambda v: v in dtypes.DTYPES,
+        "ints": lambda v: isinstance(v, tuple)
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+        "any": lambda v: True,
+    }[spec.kind](value)
+    if not ok:
+        raise OpTypeError(f"{op}: attribute {name}={value!r} is not a valid {spec.kind}")
+
+
+def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> Attrs:
+    """Fill defaults, reject unknown or missing attributes, check kinds."""
+    unknown = set(attrs) - set(opdef.attrs)
+    if unknown:
+        raise OpTypeError(f"{opdef.name}: unknown attribute(s) {sorted(unknown)}")
+    result = {}
+    for name, spec in opdef.attrs.items():
+        value = attrs.get(name, spec.default)
+        if value is REQUIRED:
+            raise OpTypeError(f"{opdef.name}: missing attribute {name!r}")
+        value = Attrs({name: value})[name]  # canonical form (tuples, python scalars)
+        if spec.kind == "float" and isinstance(value, int) and value is not None:
+            value = float(value)
+        _check_attr(opdef.name, name, spec, value)
+        result[name] = value
+    return Attrs(result)
+
+
+def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    n = len(ins)
+    if n < opdef.min_inputs or (opdef.max_inputs is not None and n > opdef.max_inputs):
+        want = opdef.min_inputs if opdef.min_inputs == opdef.max_inputs else (
+            f"{opdef.min_inputs} to {opdef.max_inputs if opdef.max_inputs is not None else 'any'}")
+        raise OpTypeError(f"{opdef.name} takes {want} inputs, got {n}")
+    if opdef.infer is None:
+        raise OpTypeError(f"{opdef.name} has no type inference; its types must be given")
+    return tuple(opdef.infer(ins, attrs))
+
+
+def build_node(op: str, inputs: Sequence[Value], attrs: Mapping[str, Any], names: Sequence[str],
+               provenance: Provenance = Provenance()) -> Node:
+    """Make a node with completed attributes and inferred output types."""
+    opdef = get(op)
+    full = complete_attrs(opdef, attrs)
+    types = infer_types(opdef, [v.type for v in inputs], full)
+    if len(names) != len(types):
+        raise OpTypeError(f"{op} produces {len(types)} values, {len(names)} names given")
+    outs = tuple(Value(n, t) for n, t in zip(names, types))
+    return Node(op, tuple(inputs), outs, full, provenance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference rules
+
+
+def _same(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(ins[0].shape, ins[0].dtype),)
+
+
+def _float_result(dtype: str) -> str:
+    return dtype if dtypes.is_float(dtype) else "f32"
+
+
+def _to_float(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """Transcendental ops: int inputs give float32, like torch."""
+    return (TensorType(ins[0].shape, _float_result(ins[0].dtype)),)
+
+
+def _float_only(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    if not dtypes.is_float(ins[0].dtype):
+        raise OpTypeError(f"needs a floating-point input, got {ins[0].dtype}")
+    return _same(ins, attrs)
+
+
+def _promoted(ins: Types) -> str:
+    return dtypes.promote([(t.dtype, t.ndim) for t in ins])
+
+
+def _binary(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(broadcast(*(t.shape for t in ins)), _promoted(ins)),)
+
+
+def _true_div(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    (t,) = _binary(ins, attrs)
+    return (TensorType(t.shape, _float_result(t.dtype)),)
+
+
+def _compare(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(broadcast(*(t.shape for t in ins)), "bool"),)
+
+
+def _where(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    cond, a, b = ins
+    if cond.dtype != "bool":
+        raise OpTypeError(f"where's condition must be bool, got {cond.dtype}")
+    return (TensorType(broadcast(cond.shape, a.shape, b.shape), _promoted([a, b])),)
+
+
+def _cast(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(ins[0].shape, attrs["dtype"]),)
+
+
+def _reduce_shape(t: TensorType, attrs: Attrs) -> tuple[int, ...]:
+    dims = norm_dims(attrs["dims"], t.ndim)
+    if attrs["keepdim"]:
+        return tuple(1 if i in dims else d for i, d in enumerate(t.shape))
+    return tuple(d for i, d in enumerate(t.shape) if i not in dims)
+
+
+def _sum(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    dtype = ins[0].dtype if dtypes.is_float(ins[0].dtype) else "i64"
+    return (TensorType(_reduce_shape(ins[0], attrs), dtype),)
+
+
+def _mean(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    _float_only(ins, attrs)
+    return (TensorType(_reduce_shape(ins[0], attrs), ins[0].dtype),)
+
+
+def _amax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(_reduce_shape(ins[0], attrs), ins[0].dtype),)
+
+
+def _softmax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    norm_dim(attrs["dim"], ins[0].ndim)
+    return _float_only(ins, attrs)
+
+
+def _need_rank(t: TensorType, rank: int, what: str) -> None:
+    if t.ndim != rank:
+        raise OpTypeError(f"{what} must have rank {rank}, got {t.dtype}{list(t.shape)}")
+
+
+def _pair(attrs: Attrs, *names: str) -> None:
+    for name in names:
+        if len(attrs[name]) != 2:
+            raise OpTypeError(f"{name} must have 2 values, got {attrs[name]}")
+
+
+def _conv2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x, w = ins[0], ins[1]
+    _need_rank(x, 4, "conv2d input")
+    _need_rank(w, 4, "conv2d weight")
+    _pair(attrs, "stride", "padding", "dilation")
+    g = attrs["groups"]
+    n, c, h, wd = x.shape
+    cout, cin_g, kh, kw = w.shape
+    if g < 1 or c % g or cout % g or c // g != cin_g:
+        raise OpTypeError(f"conv2d: input channels {c}, groups {g} and weight {list(w.shape)} "
+                          "do not agree")
+    if len(ins) == 3 and ins[2].shape != (cout,):
+        raise OpTypeError(f"conv2d bias must have shape [{cout}], got {list(ins[2].shape)}")
+    (s0, s1), (p0, p1), (d0, d1) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    ho = window_out(h, kh, s0, p0, d0, False)
+    wo = window_out(wd, kw, s1, p1, d1, False)
+    return (TensorType((n, cout, ho, wo), _promoted(ins)),)
+
+
+def _conv2d_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    w = ins[1]
+    return 2 * outs[0].numel * w.shape[1] * w.shape[2] * w.shape[3]
+
+
+def _linear(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x, w = ins[0], ins[1]
+    _need_rank(w, 2, "linear weight")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise OpTypeError(f"linear: input {list(x.shape)} does not match weight {list(w.shape)}")
+    if len(ins) == 3 and ins[2].shape != (w.shape[0],):
+        raise OpTypeError(f"linear bias must have shape [{w.shape[0]}], got {list(ins[2].shape)}")
+    return (TensorType((*x.shape[:-1], w.shape[0]), _promoted(ins)),)
+
+
+def _linear_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    return 2 * outs[0].numel * ins[1].shape[1]
+
+
+def _matmul(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    a, b = ins
+    return (TensorType(matmul_shape(a.shape, b.shape), _promoted(ins)),)
+
+
+def _matmul_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    return 2 * outs[0].numel * ins[0].shape[-1]
+
+
+def _batch_norm(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    if x.ndim < 2:
+        raise OpTypeError(f"batch_norm needs rank >= 2, got {list(x.shape)}")
+    for t in ins[1:]:
+        if t.shape != (x.shape[1],):
+            raise OpTypeError(f"batch_norm parameters must have shape [{x.shape[1]}], "
+                              f"got {list(t.shape)}")
+    return _float_only(ins, attrs)
+
+
+def _layer_norm(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x, w, b = ins
+    k = w.ndim
+    if w.shape != b.shape or k == 0 or x.shape[x.ndim - k:] != w.shape:
+        raise OpTypeError(f"layer_norm: weight {list(w.shape)} / bias {list(b.shape)} do not "
+                          f"match the trailing dims of {list(x.shape)}")
+    return _float_only(ins, attrs)
+
+
+def _max_pool2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    _need_rank(x, 4, "max_pool2d input")
+    _pair(attrs, "kernel", "stride", "padding", "dilation")
+    (k0, k1), (s0, s1), (p0, p1), (d0, d1) = (attrs[k] for k in ("kernel", "stride", "padding",
+                                                                   "dilation"))
+    if p0 * 2 > k0 or p1 * 2 > k1:
+        raise OpTypeError("pooling padding must be at most half the kernel size")
+    ceil = attrs["ceil_mode"]
+    ho = window_out(x.shape[2], k0, s0, p0, d0, ceil)
+    wo = window_out(x.shape[3], k1, s1, p1, d1, ceil)
+    return (TensorType((*x.shape[:2], ho, wo), x.dtype),)
+
+
+def _avg_pool2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    _float_only(ins, attrs)
+    return _max_pool2d(ins, attrs.replace(dilation=(1, 1)))
+
+
+def _adaptive_avg_pool2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    _need_rank(x, 4, "adaptive_avg_pool2d input")
+    _pair(attrs, "output_size")
+    _float_only(ins, attrs)
+    return (TensorType((*x.shape[:2], *attrs["output_size"]), x.dtype),)
+
+
+def _reshape(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(reshape_target(ins[0].numel, attrs["shape"]), ins[0].dtype),)
+
+
+def _permute(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    dims = norm_dims(attrs["dims"], x.ndim)
+    if len(dims) != x.ndim:
+        raise OpTypeError(f"permute dims {attrs['dims']} must name each of {x.ndim} dims once")
+    return (TensorType(tuple(x.shape[d] for d in dims), x.dtype),)
+
+
+def _cat(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    first = ins[0]
+    dim = norm_dim(attrs["dim"], first.ndim)
+    for t in ins[1:]:
+        if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape))
+                                       if i != dim):
+            raise OpTypeError(f"cat along dim {dim}: shapes {[list(t.shape) for t in ins]} differ")
+    shape = list(first.shape)
+    shape[dim] = sum(t.shape[dim] for t in ins)
+    dtype = dtypes.promote([(t.dtype, max(t.ndim, 1)) for t in ins])
+    return (TensorType(tuple(shape), dtype),)
+
+
+def _split(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    dim = norm_dim(attrs["dim"], x.ndim)
+    if sum(attrs["sizes"]) != x.shape[dim]:
+        raise OpTypeError(f"split sizes {attrs['sizes']} do not sum to {x.shape[dim]}")
+    return tuple(TensorType(x.shape[:dim] + (s,) + x.shape[dim + 1:], x.dtype)
+                 for s in attrs["sizes"])
+
+
+def slice_bounds(size: int, start: int, end: int, step: int) -> range:
+    """torch's clamping of slice bounds (negative indices, ends beyond the size)."""
+    if step < 1:
+        raise OpTypeError(f"slice step must be positive, got {step}")
+    return range(size)[slice(start, end, step)]
+
+
+def _slice(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    dim = norm_dim(attrs["dim"], x.ndim)
+    n = len(slice_bounds(x.shape[dim], attrs["start"], attrs["end"], attrs["step"]))
+    return (TensorType(x.shape[:dim] + (n,) + x.shape[dim + 1:], x.dtype),)
+
+
+def _select(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    dim = norm_dim(attrs["dim"], x.ndim)
+    if not -x.shape[dim] <= attrs["index"] < x.shape[dim]:
+        raise OpTypeError(f"select index {attrs['index']} out of range for size {x.shape[dim]}")
+    return (TensorType(x.shape[:dim] + x.shape[dim + 1:], x.dtype),)
+
+
+def _unsqueeze(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    dim = norm_dim(attrs["dim"], x.ndim + 1)
+    return (TensorType(x.shape[:dim] + (1,) + x.shape[dim:], x.dtype),)
+
+
+def _squeeze(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x = ins[0]
+    dims = norm_dims(attrs["dims"], x.ndim)
+    return (TensorType(tuple(d for i, d in enumerate(x.shape) if not (i in dims and d == 1)),
+                       x.dtype),)
+
+
+def _expand(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x, shape = ins[0], attrs["shape"]
+    if len(shape) < x.ndim:
+        raise OpTypeError(f"cannot expand {list(x.shape)} to fewer dims {list(shape)}")
+    lead = len(shape) - x.ndim
+    out = list(shape)
+    for i, d in enumerate(x.shape):
+        want = shape[lead + i]
+        if want == -1:
+            out[lead + i] = d
+        elif d != 1 and d != want:
+            raise OpTypeError(f"cannot expand {list(x.shape)} to {list(shape)}")
+    if any(d < 0 for d in out):
+        raise OpTypeError(f"expand target {list(shape)} has -1 in a new dimension")
+    return (TensorType(tuple(out), x.dtype),)
+
+
+def _embedding(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    weight, indices = ins
+    _need_rank(weight, 2, "embedding weight")
+    if dtypes.category(indices.dtype) != 1:
+        raise OpTypeError(f"embedding indices must be integers, got {indices.dtype}")
+    return (TensorType((*indices.shape, weight.shape[1]), weight.dtype),)
+
+
+def _gather(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    x, index = ins
+    norm_dim(attrs["dim"], x.ndim)
+    if index.ndim != x.ndim or dtypes.category(index.dtype) != 1:
+        raise OpTypeError("gather index must be an integer tensor of the input's rank")
+    return (TensorType(index.shape, x.dtype),)
+
+
+def _sdpa(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    q, k, v = ins[:3]
+    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
+        raise OpTypeError("scaled_dot_product_attention needs q, k, v of the same rank >= 2")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise OpTypeError(f"attention shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} "
+                          "do not agree")
+    batch = broadcast(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if len(ins) == 4:
+        broadcast(ins[3].shape, (*batch, q.shape[-2], k.shape[-2]))
+        if attrs["is_causal"]:
+            raise OpTypeError("scaled_dot_product_attention: is_causal with a mask is not allowed")
+    _float_only(ins, attrs)
+    return (TensorType((*batch, q.shape[-2], v.shape[-1]), q.dtype),)
+
+
+def _sdpa_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    q, k = ins[0], ins[1]
+    return 2 * math.prod(outs[0].shape[:-1]) * k.shape[-2] * (q.shape[-1] + outs[0].shape[-1])
+
+
+def _arange(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    n = math.ceil((attrs["end"] - attrs["start"]) / attrs["step"])
+    return (TensorType((max(n, 0),), attrs["dtype"]),)
+
+
+def _full(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    return (TensorType(attrs["shape"], attrs["dtype"]),)
+
+
+def _const(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    data: ConstData = attrs["value"]
+    if data.array is None:
+        raise OpTypeError("const with elided data has no inferable type")
+    return (TensorType(data.array.shape, dtypes.from_numpy(data.array.dtype)),)
+
+
+def _reduction_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    return ins[0].numel
+
+
+def _norm_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    return 5 * ins[0].numel
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarations
+
+_DIMS = {"dims": AttrSpec("ints"), "keepdim": AttrSpec("bool", False)}
+_POOL = {"kernel": AttrSpec("ints"), "stride": AttrSpec("ints"),
+         "padding": AttrSpec("ints", (0, 0)), "ceil_mode": AttrSpec("bool", False)}
+
+
+def _op(name: str, n: int | tuple[int, int | None], infer, reference, kind: str, doc: str,
+        flops=None, **attrs: AttrSpec) -> OpDef:
+    lo, hi = (n, n) if isinstance(n, int) else n
+    return OpDef(name, lo, hi, attrs, infer, reference, kind, flops, doc)
+
+
+def _unary(name: str, infer, doc: str, **attrs: AttrSpec) -> OpDef:
+    return _op(name, 1, infer, getattr(ref, name), "elementwise", doc, **attrs)
+
+
+def _bin(name: str, infer, doc: str) -> OpDef:
+    return _op(name, 2, infer, getattr(ref, name), "elementwise", doc)
+
+
+_DECLS: list[OpDef] = [
+    _op("const", 0, _const, None, "source", "A constant tensor (weights, buffers, scalars).",
+        value=AttrSpec("any")),
+    # elementwise, one input
+    _unary("identity", _same, "Returns its input (clone, contiguous, detach, alias)."),
+    _unary("dropout", _same, "Dropout in inference: the identity.", p=AttrSpec("float", 0.5)),
+    _unary("relu", _same, "max(x, 0)."),
+    _unary("clamp", _same, "Clamp to [min, max]; either bound may be none (relu6, hardtanh).",
+           min=AttrSpec("float", None, optional=True), max=AttrSpec("float", None, optional=True)),
+    _unary("sigmoid", _to_float, "1 / (1 + exp(-x))."),
+    _unary("tanh", _to_float, "Hyperbolic tangent."),
+    _unary("gelu", _float_only, "GELU, exact (erf) or the tanh approximation.",
+           approximate=AttrSpec("str", "none")),
+    _unary("silu", _float_only, "x * sigmoid(x)."),
+    _unary("hardswish", _float_only, "x * relu6(x + 3) / 6."),
+    _unary("hardsigmoid", _float_only, "relu6(x + 3) / 6."),
+    _unary("sqrt", _to_float, "Square root."),
+    _unary("rsqrt", _to_float, "1 / sqrt(x)."),
+    _unary("exp", _to_float, "e ** x."),
+    _unary("log", _to_float, "Natural logarithm."),
+    _unary("erf", _to_float, "The error function."),
+    _unary("neg", _same, "-x."),
+    _unary("abs", _same, "|x|."),
+    _unary("cast", _cast, "Convert to another dtype (torch's .to(dtype)).",
+           dtype=AttrSpec("dtype")),
+    # elementwise, broadcasting
+    _bin("add", _binary, "a + b with broadcasting and torch's type promotion."),
+    _bin("sub", _binary, "a - b."),
+    _bin("mul", _binary, "a * b."),
+    _bin("div", _true_div, "True division a / b (integers give float32)."),
+    _bin("pow", _binary, "a ** b."),
+    _bin("maximum", _binary, "Elementwise max."),
+    _bin("minimum", _binary, "Elementwise min."),
+    _bin("eq", _compare, "a == b (bool)."),
+    _bin("ne", _compare, "a != b (bool)."),
+    _bin("lt", _compare, "a < b (bool)."),
+    _bin("le", _compare, "a <= b (bool)."),
+    _bin("gt", _compare, "a > b (bool)."),
+    _bin("ge", _compare, "a >= b (bool)."),
+    _op("where", 3, _where, ref.where, "elementwise", "cond ? a : b, broadcasting all three."),
+    # reductions and normalizations
+    _op("sum", 1, _sum, ref.sum, "reduction", "Sum over dims.", _reduction_flops, **_DIMS),
+    _op("mean", 1, _mean, ref.mean, "reduction", "Mean over dims.", _reduction_flops, **_DIMS),
+    _op("amax", 1, _amax, ref.amax, "reduction", "Max over dims.", _reduction_flops, **_DIMS),
+    _op("softmax", 1, _softmax, ref.softmax, "reduction", "Softmax along dim.", _norm_flops,
+        dim=AttrSpec("int")),
+    _op("log_softmax", 1, _softmax, ref.log_softmax, "reduction", "Log-softmax along dim.",
+        _norm_flops, dim=AttrSpec("int")),
+    _op("batch_norm", 5, _batch_norm, ref.batch_norm, "reduction",
+        "Inference batch norm over dim 1. Inputs: x, weight, bias, running_mean, running_var.",
+        _norm_flops, eps=AttrSpec("float", 1e-5)),
+    _op("layer_norm", 3, _layer_norm, ref.layer_norm, "reduction",
+        "Layer norm over the trailing dims that the weight spans. Inputs: x, weight, bias.",
+        _norm_flops, eps=AttrSpec("float", 1e-5)),
+    # compute
+    _op("conv2d", (2, 3), _conv2d, ref.conv2d, "compute",
+        "2-D convolution, NCHW. Inputs: x, weight [Cout, Cin/groups, kh, kw], bias?.",
+        _conv2d_flops, stride=AttrSpec("ints", (1, 1)), padding=AttrSpec("ints", (0, 0)),
+        dilation=AttrSpec("ints", (1, 1)), groups=AttrSpec("int", 1)),
+    _op("linear", (2, 3), _linear, ref.linear, "compute", "x @ weight.T + bias. Weight [N, K].",
+        _linear_flops),
+    _op("matmul", 2, _matmul, ref.matmul, "compute",
+        "torch.matmul: batched, broadcasting, with 1-D promotion (mm, bmm).", _matmul_flops),
+    _op("scaled_dot_product_attention", (3, 4), _sdpa, ref.scaled_dot_product_attention,
+        "compute", "softmax(q @ k.T * scale + mask) @ v. Inputs: q, k, v, mask? (bool or float).",
+        _sdpa_flops, is_causal=AttrSpec("bool", False),
+        scale=AttrSpec("float", None, optional=True)),
+    _op("embedding", 2, _embedding, ref.embedding, "layout", "weight[indices]. Inputs: weight, "
+        "indices."),
+    _op("gather", 2, _gather, ref.gather, "layout", "torch.gather along dim.",
+        dim=AttrSpec("int")),
+    # pooling
+    _op("max_pool2d", 1, _max_pool2d, ref.max_pool2d, "reduction", "2-D max pooling, NCHW.",
+        _reduction_flops, dilation=AttrSpec("ints", (1, 1)), **_POOL),
+    _op("avg_pool2d", 1, _avg_pool2d, ref.avg_pool2d, "reduction", "2-D average pooling, NCHW.",
+        _reduction_flops, count_include_pad=AttrSpec("bool", True),
+        divisor_override=AttrSpec("int", None, optional=True), **_POOL),
+    _op("adaptive_avg_pool2d", 1, _adaptive_avg_pool2d, ref.adaptive_avg_pool2d, "reduction",
+        "Adaptive average pooling to output_size (torch's bin boundaries).", _reduction_flops,
+        output_size=AttrSpec("ints")),
+    # layout
+    _op("reshape", 1, _reshape, ref.reshape, "layout", "Reshape (view, flatten, _unsafe_view).",
+        shape=AttrSpec("ints")),
+    _op("permute", 1, _permute, ref.permute, "layout", "Permute dims (transpose, t, mT).",
+        dims=AttrSpec("ints")),
+    _op("cat", (1, None), _cat, ref.cat, "layout", "Concatenate along dim.", dim=AttrSpec("int")),
+    _op("split", 1, _split, ref.split, "layout", "Split into pieces of `sizes` along dim (chunk).",
+        sizes=AttrSpec("ints"), dim=AttrSpec("int")),
+    _op("slice", 1, _slice, ref.slice, "layout", "x[start:end:step] along dim, torch's clamping.",
+        dim=AttrSpec("int"), start=AttrSpec("int"), end=AttrSpec("int"), step=AttrSpec("int", 1)),
+    _op("select", 1, _select, ref.select, "layout", "x[index] along dim, removing it.",
+        dim=AttrSpec("int"), index=AttrSpec("int")),
+    _op("unsqueeze", 1, _unsqueeze, ref.unsqueeze, "layout", "Insert a size-1 dim.",
+        dim=AttrSpec("int")),
+    _op("squeeze", 1, _squeeze, ref.squeeze, "layout", "Drop the named dims that have size 1.",
+        dims=AttrSpec("ints")),
+    _op("expand", 1, _expand, ref.expand, "layout", "Broadcast to shape (-1 keeps a dim).",
+        shape=AttrSpec("ints")),
+    # sources
+    _op("arange", 0, _arange, ref.arange, "source", "[start, end) by step.",
+        start=AttrSpec("float"), end=AttrSpec("float"), step=AttrSpec("float", 1.0),
+        dtype=AttrSpec("dtype")),
+    _op("full", 0, _full, ref.full, "source", "A tensor of shape filled with value (zeros, ones).",
+        shape=AttrSpec("ints"), value=AttrSpec("float"), dtype=AttrSpec("dtype")),
+    # anything else
+    _op("torch_op", (0, None), None, ref.torch_op, "opaque",
+        "An aten op with no IR op, run by torch (also under the reference, converting arrays). "
+        "`target` is `aten.name.overload`; `args`/`kwargs` hold its non-tensor arguments with "
+        '{"$input": i} marking the i-th input.',
+        target=AttrSpec("str"), args=AttrSpec("any", ()), kwargs=AttrSpec("any", {})),
+]
+
+OPS: dict[str, OpDef] = {d.name: d for d in _DECLS}
+
+
+def get(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise OpRegistryError(f"unknown op {name!r}") from None

@@ -1,0 +1,111 @@
+"""What a compile did, for people (`str(report)`) and for tools (`report.to_dict()`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from compiler import ops
+from compiler.capture import Fallback
+from compiler.ir import Graph
+from compiler.pipeline import PassRecord
+
+
+def count_params(graph: Graph) -> int:
+    """Elements held in constants (weights, buffers, folded values)."""
+    return sum(n.output.type.numel for n in graph.nodes if n.op == "const")
+
+
+def count_flops(graph: Graph) -> int:
+    """Floating-point operations of one run, by each op's declared FLOP rule."""
+    total = 0
+    for node in graph.nodes:
+        opdef = ops.get(node.op)
+        total += opdef.count_flops([v.type for v in node.inputs],
+                                   tuple(v.type for v in node.outputs), node.attrs)
+    return total
+
+
+@dataclass
+class CompileRecord:
+    """One capture (one input signature) and the pipeline run on it."""
+
+    signature: str
+    export_seconds: float
+    convert_seconds: float
+    passes: list[PassRecord]
+    nodes_before: int
+    nodes_after: int
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    fallbacks: list[Fallback] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(int(n))
+
+
+def _change(before: float, after: float) -> str:
+    if before == 0 or before == after:
+        return ""
+    return f"{(after - before) / before:+.1%}"
+
+
+@dataclass
+class Report:
+    target: str
+    pipeline: tuple[str, ...]
+    records: list[CompileRecord] = field(default_factory=list)
+
+    @property
+    def captures(self) -> int:
+        """How many times the model was captured (one per distinct input signature)."""
+        return len(self.records)
+
+    @property
+    def latest(self) -> CompileRecord | None:
+        return self.records[-1] if self.records else None
+
+    @property
+    def fallbacks(self) -> list[Fallback]:
+        return [f for r in self.records for f in r.fallbacks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "pipeline": list(self.pipeline),
+                "captures": self.captures, "records": [asdict(r) for r in self.records]}
+
+    def __str__(self) -> str:
+        lines = [f"fxforge report: target {self.target}, pipeline "
+                 f"[{', '.join(self.pipeline) or 'none'}]"]
+        if not self.records:
+            return lines[0] + "\n(not captured yet: call the model or pass example_inputs)"
+        lines.append(f"captures: {self.captures}")
+        for i, r in enumerate(self.records, 1):
+            lines.append(f"  {i}. {r.signature}  (export {r.export_seconds:.2f} s, "
+                         f"lowering {r.convert_seconds:.2f} s)")
+        r = self.records[-1]
+        lines += ["", f"{'':10}{'before':>12}{'after':>12}{'change':>10}"]
+        for label, before, after in (("nodes", r.nodes_before, r.nodes_after),
+                                     ("params", r.params_before, r.params_after),
+                                     ("FLOPs", r.flops_before, r.flops_after)):
+            lines.append(f"{label:10}{_si(before):>12}{_si(after):>12}{_change(before, after):>10}")
+        lines += ["", f"{'pass':24}{'time':>10}{'changed':>9}{'nodes':>14}  details"]
+        for p in r.passes:
+            details = ", ".join(f"{k}={v}" for k, v in p.stats.items())
+            lines.append(f"{p.name:24}{p.seconds * 1e3:>8.1f}ms{'yes' if p.changed else 'no':>9}"
+                         f"{f'{p.nodes_before}->{p.nodes_after}':>14}  {details}")
+        if r.fallbacks:
+            lines += ["", f"fallbacks: {len(r.fallbacks)} op(s) run by torch as opaque torch_op"]
+            for f in r.fallbacks:
+                lines.append(f"  %{f.value} at {f.module or '<top>'}: {f.aten} ({f.reason})")
+        else:
+            lines += ["", "fallbacks: none (every op is in the IR)"]
+        for w in r.warnings:
+            lines.append(f"warning: {w}")
+        return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Target name -> backend, precision and default pipeline.
+
+A target's pipeline is a plain list here, not branches on flags elsewhere. Targets that are
+designed but not built yet are listed so users can see them; compiling for one raises
+NotImplementedError that says which piece is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str  # reference | torch | triton
+    precision: str
+    pipeline: tuple[str, ...]
+    description: str
+    missing: str | None = None  # why it cannot be used yet; None when it can
+
+
+_CLEANUP = ("dce",)
+
+_TARGETS = [
+    Target("reference", "reference", "fp32", _CLEANUP,
+           "numpy interpreter: the executable specification, slow, for checking"),
+    Target("cpu", "torch", "fp32", _CLEANUP, "torch ops on the CPU (also runs CUDA tensors)"),
+    Target("reference-int8", "reference", "int8", (), "numpy interpreter of quantized IR",
+           missing="int8 quantization (quantize pass, calibration) is not built yet"),
+    Target("cpu-int8", "torch", "int8", (), "int8 arithmetic with torch._int_mm",
+           missing="int8 quantization (quantize pass, calibration) is not built yet"),
+    Target("cuda", "triton", "fp32", (), "generated Triton kernels, torch fallback",
+           missing="the Triton backend is not built yet"),
+    Target("cuda-fp16", "triton", "fp16", (), "Triton kernels in fp16",
+           missing="the Triton backend is not built yet"),
+    Target("cuda-int8", "triton", "int8", (), "Triton int8 GEMM / conv kernels",
+           missing="int8 quantization and the Triton backend are not built yet"),
+    Target("cuda-int4", "triton", "int4 weight-only", (), "Triton int4 weight-only GEMM",
+           missing="int4 quantization and the Triton backend are not built yet"),
+]
+
+TARGET_INFO: dict[str, Target] = {t.name: t for t in _TARGETS}
+TARGETS: tuple[str, ...] = tuple(TARGET_INFO)
+
+
+def get_target(name: str) -> Target:
+    if not isinstance(name, str) or name not in TARGET_INFO:
+        raise ValueError(f"unknown target {name!r}; compiler.TARGETS = {', '.join(TARGETS)}")
+    target = TARGET_INFO[name]
+    if target.missing:
+        ready = ", ".join(t.name for t in _TARGETS if not t.missing)
+        raise NotImplementedError(f"target {name!r} is not implemented yet: {target.missing}. "
+                                  f"Implemented targets: {ready}")
+    return target

@@ -1,0 +1,366 @@
+"""The numpy reference: the executable specification of every IR op.
+
+Floating-point ops compute in float64 and the interpreter rounds once to the op's declared dtype,
+so the reference is as close to exact as numpy gets and every other backend is judged against it.
+Each function takes the op's inputs as arrays and its attributes as keyword arguments, exactly as
+declared in `compiler/ops.py`, and returns an array (or a tuple of arrays for multi-output ops).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+
+import numpy as np
+
+
+def _wide(x: np.ndarray) -> np.ndarray:
+    """Floats widen to float64 for computing; other dtypes stay as they are."""
+    return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+# --- elementwise --------------------------------------------------------------------------------
+
+
+def identity(x):
+    return x
+
+
+def dropout(x, *, p):
+    return x
+
+
+def relu(x):
+    return np.maximum(x, 0).astype(x.dtype)
+
+
+def clamp(x, *, min, max):  # noqa: A002 - attribute names of the op
+    y = _wide(x)
+    if min is not None:
+        y = np.maximum(y, min)
+    if max is not None:
+        y = np.minimum(y, max)
+    return y
+
+
+def sigmoid(x):
+    x = _wide(x).astype(np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def tanh(x):
+    return np.tanh(_wide(x).astype(np.float64))
+
+
+def gelu(x, *, approximate):
+    x = _wide(x)
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if approximate != "none":
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def silu(x):
+    x = _wide(x)
+    return x * sigmoid(x)
+
+
+def hardsigmoid(x):
+    return np.clip(_wide(x) + 3.0, 0.0, 6.0) / 6.0
+
+
+def hardswish(x):
+    x = _wide(x)
+    return x * hardsigmoid(x)
+
+
+def sqrt(x):
+    return np.sqrt(_wide(x).astype(np.float64))
+
+
+def rsqrt(x):
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.sqrt(_wide(x).astype(np.float64))
+
+
+def exp(x):
+    return np.exp(_wide(x).astype(np.float64))
+
+
+def log(x):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(_wide(x).astype(np.float64))
+
+
+def erf(x):
+    return _erf(_wide(x).astype(np.float64))
+
+
+def neg(x):
+    return np.negative(x)
+
+
+def abs(x):  # noqa: A001 - the op's name
+    return np.abs(x)
+
+
+def cast(x, *, dtype):
+    return x  # the interpreter converts to the declared dtype
+
+
+def _binary(fn):
+    def run(a, b):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return fn(_wide(a), _wide(b))
+
+    run.__name__ = fn.__name__
+    return run
+
+
+add = _binary(np.add)
+sub = _binary(np.subtract)
+mul = _binary(np.multiply)
+pow = _binary(np.power)  # noqa: A001
+maximum = _binary(np.maximum)
+minimum = _binary(np.minimum)
+eq = _binary(np.equal)
+ne = _binary(np.not_equal)
+lt = _binary(np.less)
+le = _binary(np.less_equal)
+gt = _binary(np.greater)
+ge = _binary(np.greater_equal)
+
+
+def div(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.true_divide(_wide(a).astype(np.float64), _wide(b).astype(np.float64))
+
+
+def where(cond, a, b):
+    return np.where(cond, _wide(a), _wide(b))
+
+
+# --- reductions and normalizations --------------------------------------------------------------
+
+
+def sum(x, *, dims, keepdim):  # noqa: A001
+    acc = np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64
+    return np.sum(x, axis=tuple(dims), keepdims=keepdim, dtype=acc)
+
+
+def mean(x, *, dims, keepdim):
+    return np.mean(_wide(x), axis=tuple(dims), keepdims=keepdim)
+
+
+def amax(x, *, dims, keepdim):
+    return np.max(x, axis=tuple(dims), keepdims=keepdim)
+
+
+def softmax(x, *, dim):
+    x = _wide(x)
+    shifted = x - np.max(x, axis=dim, keepdims=True)
+    e = np.exp(shifted)
+    return e / np.sum(e, axis=dim, keepdims=True)
+
+
+def log_softmax(x, *, dim):
+    x = _wide(x)
+    shifted = x - np.max(x, axis=dim, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+
+
+def batch_norm(x, weight, bias, mean, var, *, eps):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = _wide(weight) / np.sqrt(_wide(var) + eps)
+    centered = _wide(x) - _wide(mean).reshape(shape)
+    return centered * scale.reshape(shape) + _wide(bias).reshape(shape)
+
+
+def layer_norm(x, weight, bias, *, eps):
+    axes = tuple(range(x.ndim - weight.ndim, x.ndim))
+    x = _wide(x)
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * _wide(weight) + _wide(bias)
+
+
+# --- compute ------------------------------------------------------------------------------------
+
+
+def _windows(x, kernel, stride, dilation, out_hw):
+    """(N, C, H, W) already padded -> (N, C, kh, kw, Ho, Wo) views of each window tap."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    taps = [[x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+             for j in range(kw)] for i in range(kh)]
+    return np.stack([np.stack(row, axis=2) for row in taps], axis=2)
+
+
+def _out_len(size, k, s, p, d, ceil):
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pad(x, pad, extra, value):
+    """Pad H and W by pad on both sides plus `extra` more at the end (for ceil_mode)."""
+    (ph, pw), (eh, ew) = pad, extra
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=value)
+
+
+def conv2d(x, weight, bias=None, *, stride, padding, dilation, groups):
+    kh, kw = weight.shape[2:]
+    n, c, h, w = x.shape
+    ho = _out_len(h, kh, stride[0], padding[0], dilation[0], False)
+    wo = _out_len(w, kw, stride[1], padding[1], dilation[1], False)
+    cols = _windows(_pad(_wide(x), padding, (0, 0), 0.0), (kh, kw), stride, dilation, (ho, wo))
+    cols = cols.reshape(n, groups, c // groups, kh, kw, ho, wo)
+    wg = _wide(weight).reshape(groups, -1, c // groups, kh, kw)
+    out = np.einsum("ngcijhw,gocij->ngohw", cols, wg, optimize=True).reshape(n, -1, ho, wo)
+    if bias is not None:
+        out = out + _wide(bias).reshape(1, -1, 1, 1)
+    return out
+
+
+def linear(x, weight, bias=None):
+    out = _wide(x) @ _wide(weight).T
+    return out if bias is None else out + _wide(bias)
+
+
+def matmul(a, b):
+    return np.matmul(_wide(a), _wide(b))
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, *, is_causal, scale):
+    q, k, v = _wide(q), _wide(k), _wide(v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ np.swapaxes(k, -1, -2)) * scale
+    if is_causal:
+        causal = np.tril(np.ones((q.shape[-2], k.shape[-2]), dtype=bool))
+        scores = np.where(causal, scores, -np.inf)
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + _wide(mask)
+    with np.errstate(invalid="ignore"):
+        return softmax(scores, dim=-1) @ v
+
+
+def embedding(weight, indices):
+    return weight[indices]
+
+
+def gather(x, index, *, dim):
+    return np.take_along_axis(x, index.astype(np.int64), axis=dim)
+
+
+# --- pooling ------------------------------------------------------------------------------------
+
+
+def _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode):
+    h, w = x.shape[2:]
+    ho = _out_len(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    wo = _out_len(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    need_h = (ho - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    need_w = (wo - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    extra = (max(0, need_h - h - 2 * padding[0]), max(0, need_w - w - 2 * padding[1]))
+    return (ho, wo), extra
+
+
+def max_pool2d(x, *, kernel, stride, padding, dilation, ceil_mode):
+    out_hw, extra = _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode)
+    low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    cols = _windows(_pad(x, padding, extra, low), kernel, stride, dilation, out_hw)
+    return cols.max(axis=(2, 3))
+
+
+def avg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    out_hw, extra = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
+    sums = _windows(_pad(_wide(x), padding, extra, 0.0), kernel, stride, (1, 1), out_hw)
+    sums = sums.sum(axis=(2, 3))
+    if divisor_override is not None:
+        return sums / divisor_override
+    ones = np.ones((1, 1) + x.shape[2:])
+    if count_include_pad:  # padding counts, the extra ceil_mode overhang does not
+        mask = np.pad(_pad(ones, padding, (0, 0), 1.0), ((0, 0), (0, 0), (0, extra[0]),
+                                                          (0, extra[1])))
+    else:
+        mask = _pad(ones, padding, extra, 0.0)
+    counts = _windows(mask, kernel, stride, (1, 1), out_hw).sum(axis=(2, 3))
+    return sums / counts
+
+
+def adaptive_avg_pool2d(x, *, output_size):
+    x = _wide(x)
+    (h, w), (oh, ow) = x.shape[2:], output_size
+    out = np.empty(x.shape[:2] + (oh, ow))
+    for i in range(oh):
+        h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+        for j in range(ow):
+            w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+    return out
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+def reshape(x, *, shape):
+    return x.reshape(shape)
+
+
+def permute(x, *, dims):
+    return np.transpose(x, dims)
+
+
+def cat(*xs, dim):
+    return np.concatenate([_wide(x) for x in xs], axis=dim)
+
+
+def split(x, *, sizes, dim):
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=dim))
+
+
+def slice(x, *, dim, start, end, step):  # noqa: A001
+    index = [builtins.slice(None)] * x.ndim
+    index[dim] = builtins.slice(start, end, step)
+    return x[tuple(index)]
+
+
+def select(x, *, dim, index):
+    return np.take(x, index, axis=dim)
+
+
+def unsqueeze(x, *, dim):
+    return np.expand_dims(x, dim % (x.ndim + 1))
+
+
+def squeeze(x, *, dims):
+    return np.squeeze(x, axis=tuple(d for d in dims if x.shape[d] == 1))
+
+
+def expand(x, *, shape):
+    lead = len(shape) - x.ndim
+    target = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)]
+    return np.broadcast_to(x, target)
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+def arange(*, start, end, step, dtype):
+    n = max(0, math.ceil((end - start) / step))
+    return start + np.arange(n, dtype=np.float64) * step
+
+
+def full(*, shape, value, dtype):
+    return np.full(shape, value, dtype=np.float64)
+
+
+def torch_op(*inputs, target, args, kwargs):
+    from kernels.opaque import call_on_arrays
+
+    return call_on_arrays(target, args, kwargs, inputs)

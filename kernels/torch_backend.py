@@ -1,0 +1,146 @@
+"""Runs IR nodes with torch ops, on whatever device the tensors live (CPU or CUDA).
+
+This backend claims every op, so it is also the fallback of the faster backends. Each entry
+takes the op's input tensors and its attributes as keyword arguments, as declared in
+`compiler/ops.py`; the executor casts the result to the node's declared dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from compiler import dtypes
+from kernels.opaque import call_on_tensors
+
+
+def _no_attrs(fn):
+    return lambda *xs: fn(*xs)
+
+
+def _clamp(x, *, min, max):  # noqa: A002
+    return torch.clamp(x, min=min, max=max)
+
+
+def _reduce(fn):
+    """Reduce over explicit dims; an empty list reduces nothing (torch would reduce all)."""
+
+    def run(x, *, dims, keepdim):
+        return fn(x, dim=list(dims), keepdim=keepdim) if dims else x
+
+    return run
+
+
+def _batch_norm(x, weight, bias, mean, var, *, eps):
+    return F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+
+
+def _layer_norm(x, weight, bias, *, eps):
+    return F.layer_norm(x, tuple(weight.shape), weight, bias, eps)
+
+
+def _conv2d(x, weight, bias=None, *, stride, padding, dilation, groups):
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _sdpa(q, k, v, mask=None, *, is_causal, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def _max_pool2d(x, *, kernel, stride, padding, dilation, ceil_mode):
+    return F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+
+
+def _avg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def _slice(x, *, dim, start, end, step):
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+def _squeeze(x, *, dims):
+    return torch.squeeze(x, dims) if dims else x
+
+
+def _arange(*, start, end, step, dtype, device):
+    return torch.arange(start, end, step, dtype=torch.float64, device=device).to(
+        dtypes.to_torch(dtype))
+
+
+def _full(*, shape, value, dtype, device):
+    return torch.full(shape, value, dtype=dtypes.to_torch(dtype), device=device)
+
+
+# Ops that may have no tensor input need to be told where to put their result.
+DEVICE_AWARE_OPS = {"arange", "full", "torch_op"}
+
+TORCH_IMPLS = {
+    "identity": lambda x: x,
+    "dropout": lambda x, *, p: x,
+    "relu": _no_attrs(torch.relu),
+    "clamp": _clamp,
+    "sigmoid": _no_attrs(torch.sigmoid),
+    "tanh": _no_attrs(torch.tanh),
+    "gelu": lambda x, *, approximate: F.gelu(x, approximate=approximate),
+    "silu": _no_attrs(F.silu),
+    "hardswish": _no_attrs(F.hardswish),
+    "hardsigmoid": _no_attrs(F.hardsigmoid),
+    "sqrt": _no_attrs(torch.sqrt),
+    "rsqrt": _no_attrs(torch.rsqrt),
+    "exp": _no_attrs(torch.exp),
+    "log": _no_attrs(torch.log),
+    "erf": _no_attrs(torch.erf),
+    "neg": _no_attrs(torch.neg),
+    "abs": _no_attrs(torch.abs),
+    "cast": lambda x, *, dtype: x.to(dtypes.to_torch(dtype)),
+    "add": _no_attrs(torch.add),
+    "sub": _no_attrs(torch.sub),
+    "mul": _no_attrs(torch.mul),
+    "div": _no_attrs(torch.true_divide),
+    "pow": _no_attrs(torch.pow),
+    "maximum": _no_attrs(torch.maximum),
+    "minimum": _no_attrs(torch.minimum),
+    "eq": _no_attrs(torch.eq),
+    "ne": _no_attrs(torch.ne),
+    "lt": _no_attrs(torch.lt),
+    "le": _no_attrs(torch.le),
+    "gt": _no_attrs(torch.gt),
+    "ge": _no_attrs(torch.ge),
+    "where": _no_attrs(torch.where),
+    "sum": _reduce(torch.sum),
+    "mean": _reduce(torch.mean),
+    "amax": _reduce(torch.amax),
+    "softmax": lambda x, *, dim: torch.softmax(x, dim),
+    "log_softmax": lambda x, *, dim: torch.log_softmax(x, dim),
+    "batch_norm": _batch_norm,
+    "layer_norm": _layer_norm,
+    "conv2d": _conv2d,
+    "linear": _no_attrs(F.linear),
+    "matmul": _no_attrs(torch.matmul),
+    "scaled_dot_product_attention": _sdpa,
+    "embedding": lambda weight, indices: F.embedding(indices, weight),
+    "gather": lambda x, index, *, dim: torch.gather(x, dim, index),
+    "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
+    "adaptive_avg_pool2d": lambda x, *, output_size: F.adaptive_avg_pool2d(x, output_size),
+    "reshape": lambda x, *, shape: torch.reshape(x, shape),
+    "permute": lambda x, *, dims: torch.permute(x, dims),
+    "cat": lambda *xs, dim: torch.cat(xs, dim),
+    "split": lambda x, *, sizes, dim: torch.split(x, list(sizes), dim),
+    "slice": _slice,
+    "select": lambda x, *, dim, index: torch.select(x, dim, index),
+    "unsqueeze": lambda x, *, dim: torch.unsqueeze(x, dim),
+    "squeeze": _squeeze,
+    "expand": lambda x, *, shape: x.expand(shape),
+    "arange": _arange,
+    "full": _full,
+    "torch_op": lambda *xs, target, args, kwargs, device: call_on_tensors(target, args, kwargs,
+                                                                          xs, device),
+}
+
+
+def supports(op: str) -> bool:
+    return op in TORCH_IMPLS
