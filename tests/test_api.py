@@ -340,3 +340,39 @@ def test_relu6_hardtanh_and_scalars_follow_torch_promotion():
             assert g.dtype == e.dtype
             torch.testing.assert_close(g, e, rtol=1e-3 if e.dtype == torch.half else RTOL,
                                        atol=1e-3 if e.dtype == torch.half else ATOL)
+
+
+HOSTILE = "evil' # ) %x = import\\os; ü"  # torch.export itself rejects newlines and double quotes
+
+
+def _hostile(name):
+    class Hostile(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.add_module(name, nn.Linear(3, 3))
+
+        def forward(self, x):
+            return getattr(self, name)(x).relu()
+
+    return Hostile().eval()
+
+
+def test_names_torch_export_cannot_handle_give_a_capture_error():
+    for name in ('a"b', "a\nb"):
+        with pytest.raises(CaptureError, match="could not capture Hostile"):
+            compile(_hostile(name), "cpu", example_inputs=torch.randn(2, 3))
+
+
+def test_hostile_module_names_are_carried_safely():
+    torch.manual_seed(0)
+    model = _hostile(HOSTILE)
+    fast = compile(model, "cpu", example_inputs=torch.randn(2, 3))
+    graph = fast.graph
+    text = str(graph)
+    assert compiler.parse_ir(text) == graph
+    assert len(text.splitlines()) == len(graph.nodes) + 3  # no name broke a line
+    linear = next(n for n in graph.nodes if n.op == "linear")
+    assert linear.provenance.module == HOSTILE
+    assert all(c.isalnum() or c == "_" for n in graph.nodes for v in n.outputs for c in v.name)
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(fast(x), model(x), rtol=RTOL, atol=ATOL)
