@@ -114,7 +114,7 @@ class PassRecord:
     changed: bool
     nodes_before: int
     nodes_after: int
-    stats: Mapping[str, int]
+    stats: Mapping[str, Any]  # counts, or lists of short notes
 
 
 class PassManager:

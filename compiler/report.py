@@ -97,9 +97,13 @@ class Report:
             lines.append(f"{label:10}{_si(before):>12}{_si(after):>12}{_change(before, after):>10}")
         lines += ["", f"{'pass':24}{'time':>10}{'changed':>9}{'nodes':>14}  details"]
         for p in r.passes:
-            details = ", ".join(f"{k}={v}" for k, v in p.stats.items())
+            counts = {k: v for k, v in p.stats.items() if not isinstance(v, list)}
+            details = ", ".join(f"{k}={v}" for k, v in counts.items())
             lines.append(f"{p.name:24}{p.seconds * 1e3:>8.1f}ms{'yes' if p.changed else 'no':>9}"
                          f"{f'{p.nodes_before}->{p.nodes_after}':>14}  {details}")
+            for key, notes in p.stats.items():
+                if isinstance(notes, list):
+                    lines += [f"{'':26}{key}: {note}" for note in notes]
         if r.fallbacks:
             lines += ["", f"fallbacks: {len(r.fallbacks)} op(s) run by torch as opaque torch_op"]
             for f in r.fallbacks:

@@ -20,12 +20,13 @@ class Target:
     missing: str | None = None  # why it cannot be used yet; None when it can
 
 
-_CLEANUP = ("dce",)
+# Float pipeline: cleanup first so patterns see one spelling, then folding, then cleanup again.
+_FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "canonicalize", "dce")
 
 _TARGETS = [
-    Target("reference", "reference", "fp32", _CLEANUP,
+    Target("reference", "reference", "fp32", _FLOAT,
            "numpy interpreter: the executable specification, slow, for checking"),
-    Target("cpu", "torch", "fp32", _CLEANUP, "torch ops on the CPU (also runs CUDA tensors)"),
+    Target("cpu", "torch", "fp32", _FLOAT, "torch ops on the CPU (also runs CUDA tensors)"),
     Target("reference-int8", "reference", "int8", (), "numpy interpreter of quantized IR",
            missing="int8 quantization (quantize pass, calibration) is not built yet"),
     Target("cpu-int8", "torch", "int8", (), "int8 arithmetic with torch._int_mm",

@@ -1,7 +1,8 @@
 """The pass registry: kebab-case name -> pure function `Graph -> (Graph, stats)`.
 
 Every pass lives in its own module and is listed here explicitly (no registration by import side
-effects). `stats` is a small dict of counts the report shows (nodes removed, BNs folded, ...).
+effects). `stats` is a small dict the report shows: counts (nodes removed, BNs folded, ...) and,
+where a count is not enough, lists of short strings (which batch norms stayed, and why).
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compiler.ir import Graph
+from passes.canonicalize import canonicalize
+from passes.cse import cse
 from passes.dce import dce
+from passes.fold_batchnorm import fold_batchnorm
+from passes.fold_constants import fold_constants
 
-PassFn = Callable[[Graph], tuple[Graph, dict[str, int]]]
+PassFn = Callable[[Graph], tuple[Graph, dict]]
 
 PASSES: dict[str, PassFn] = {
+    "canonicalize": canonicalize,
+    "fold-constants": fold_constants,
+    "cse": cse,
     "dce": dce,
+    "fold-batchnorm": fold_batchnorm,
 }

@@ -57,7 +57,7 @@ def test_ir_zoo_model_with_int_inputs_and_debug_flags(tmp_path, capsys):
     assert code == 0
     captured = capsys.readouterr()
     assert "IR after dce" in captured.err
-    assert (tmp_path / "01-dce.ir").exists()
+    assert (tmp_path / "01-canonicalize.ir").exists()
     _, optimized = _sections(captured.out)
     graph = parse_ir(optimized)  # inline constants: the text carries the data
     assert graph.inputs[0].type.dtype == "i64"
