@@ -140,10 +140,25 @@ def _to_float(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     return (TensorType(ins[0].shape, _float_result(ins[0].dtype)),)
 
 
+def _clamp(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """A fractional bound makes torch clamp an integer tensor in float32; integral ones keep it
+    integer (the float attributes cannot tell 0 from 0.0: torch's clamp(x, 0.0) is float)."""
+    if any(b is not None and not float(b).is_integer() for b in (attrs["min"], attrs["max"])):
+        return _to_float(ins, attrs)
+    return _same(ins, attrs)
+
+
 def _float_only(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     if not dtypes.is_float(ins[0].dtype):
         raise OpTypeError(f"needs a floating-point input, got {ins[0].dtype}")
     return _same(ins, attrs)
+
+
+def _gelu(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    if attrs["approximate"] not in ("none", "tanh"):
+        raise OpTypeError(f"gelu approximate must be 'none' or 'tanh', got "
+                          f"{attrs['approximate']!r}")
+    return _float_only(ins, attrs)
 
 
 def _promoted(ins: Types) -> str:
@@ -198,6 +213,13 @@ def _amax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 def _softmax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     norm_dim(attrs["dim"], ins[0].ndim)
     return _float_only(ins, attrs)
+
+
+def _dim_of(x: TensorType, dim: int, what: str) -> int:
+    """A dim of an op that needs rank >= 1 (norm_dim admits 0 and -1 for a 0-d tensor)."""
+    if x.ndim == 0:
+        raise OpTypeError(f"{what} needs a tensor of rank >= 1, got a 0-d one")
+    return norm_dim(dim, x.ndim)
 
 
 def _need_rank(t: TensorType, rank: int, what: str) -> None:
@@ -294,6 +316,8 @@ def _max_pool2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 def _avg_pool2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     _float_only(ins, attrs)
+    if attrs["divisor_override"] == 0:
+        raise OpTypeError("avg_pool2d divisor_override must not be 0")
     return _max_pool2d(ins, attrs.replace(dilation=(1, 1)))
 
 
@@ -302,6 +326,8 @@ def _adaptive_avg_pool2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     _need_rank(x, 4, "adaptive_avg_pool2d input")
     _pair(attrs, "output_size")
     _float_only(ins, attrs)
+    if any(d < 0 for d in attrs["output_size"]):
+        raise OpTypeError(f"adaptive_avg_pool2d output_size {attrs['output_size']} is negative")
     return (TensorType((*x.shape[:2], *attrs["output_size"]), x.dtype),)
 
 
@@ -319,7 +345,7 @@ def _permute(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 def _cat(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     first = ins[0]
-    dim = norm_dim(attrs["dim"], first.ndim)
+    dim = _dim_of(first, attrs["dim"], "cat")
     for t in ins[1:]:
         if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape))
                                        if i != dim):
@@ -332,8 +358,8 @@ def _cat(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 def _split(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
-    dim = norm_dim(attrs["dim"], x.ndim)
-    if sum(attrs["sizes"]) != x.shape[dim]:
+    dim = _dim_of(x, attrs["dim"], "split")
+    if any(s < 0 for s in attrs["sizes"]) or sum(attrs["sizes"]) != x.shape[dim]:
         raise OpTypeError(f"split sizes {attrs['sizes']} do not sum to {x.shape[dim]}")
     return tuple(TensorType(x.shape[:dim] + (s,) + x.shape[dim + 1:], x.dtype)
                  for s in attrs["sizes"])
@@ -348,14 +374,14 @@ def slice_bounds(size: int, start: int, end: int, step: int) -> range:
 
 def _slice(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
-    dim = norm_dim(attrs["dim"], x.ndim)
+    dim = _dim_of(x, attrs["dim"], "slice")
     n = len(slice_bounds(x.shape[dim], attrs["start"], attrs["end"], attrs["step"]))
     return (TensorType(x.shape[:dim] + (n,) + x.shape[dim + 1:], x.dtype),)
 
 
 def _select(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
-    dim = norm_dim(attrs["dim"], x.ndim)
+    dim = _dim_of(x, attrs["dim"], "select")
     if not -x.shape[dim] <= attrs["index"] < x.shape[dim]:
         raise OpTypeError(f"select index {attrs['index']} out of range for size {x.shape[dim]}")
     return (TensorType(x.shape[:dim] + x.shape[dim + 1:], x.dtype),)
@@ -401,9 +427,12 @@ def _embedding(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 def _gather(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x, index = ins
-    norm_dim(attrs["dim"], x.ndim)
+    dim = norm_dim(attrs["dim"], x.ndim)
     if index.ndim != x.ndim or dtypes.category(index.dtype) != 1:
         raise OpTypeError("gather index must be an integer tensor of the input's rank")
+    if any(i != dim and n > m for i, (n, m) in enumerate(zip(index.shape, x.shape))):
+        raise OpTypeError(f"gather index {list(index.shape)} is larger than the input "
+                          f"{list(x.shape)} in a dim other than {dim}")
     return (TensorType(index.shape, x.dtype),)
 
 
@@ -429,11 +458,25 @@ def _sdpa_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
 
 
 def _arange(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
-    n = math.ceil((attrs["end"] - attrs["start"]) / attrs["step"])
-    return (TensorType((max(n, 0),), attrs["dtype"]),)
+    start, end, step, dtype = (attrs[k] for k in ("start", "end", "step", "dtype"))
+    if not all(math.isfinite(v) for v in (start, end, step)):
+        raise OpTypeError(f"arange bounds must be finite, got {start}, {end}, {step}")
+    if not dtypes.is_float(dtype):
+        # torch truncates start, end and step for integer dtypes; only int64 also takes its
+        # length from the truncated values (the other integer types use the float ones)
+        if int(step) == 0:
+            raise OpTypeError(f"arange step {step} truncates to 0 for {dtype}")
+        if dtype == "i64":
+            start, end, step = int(start), int(end), int(step)
+    if step == 0:
+        raise OpTypeError("arange step must be nonzero")
+    n = math.ceil((end - start) / step)
+    return (TensorType((max(n, 0),), dtype),)
 
 
 def _full(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    if any(d < 0 for d in attrs["shape"]):
+        raise OpTypeError(f"full shape {attrs['shape']} has a negative dimension")
     return (TensorType(attrs["shape"], attrs["dtype"]),)
 
 
@@ -481,11 +524,11 @@ _DECLS: list[OpDef] = [
     _unary("identity", _same, "Returns its input (clone, contiguous, detach, alias)."),
     _unary("dropout", _same, "Dropout in inference: the identity.", p=AttrSpec("float", 0.5)),
     _unary("relu", _same, "max(x, 0)."),
-    _unary("clamp", _same, "Clamp to [min, max]; either bound may be none (relu6, hardtanh).",
+    _unary("clamp", _clamp, "Clamp to [min, max]; either bound may be none (relu6, hardtanh).",
            min=AttrSpec("float", None, optional=True), max=AttrSpec("float", None, optional=True)),
     _unary("sigmoid", _to_float, "1 / (1 + exp(-x))."),
     _unary("tanh", _to_float, "Hyperbolic tangent."),
-    _unary("gelu", _float_only, "GELU, exact (erf) or the tanh approximation.",
+    _unary("gelu", _gelu, "GELU, exact (erf) or the tanh approximation.",
            approximate=AttrSpec("str", "none")),
     _unary("silu", _float_only, "x * sigmoid(x)."),
     _unary("hardswish", _float_only, "x * relu6(x + 3) / 6."),

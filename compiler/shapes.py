@@ -41,12 +41,16 @@ def norm_dims(dims: Sequence[int], ndim: int) -> tuple[int, ...]:
 
 def window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool) -> int:
     """Output length of a conv / pooling window, torch's formula including ceil_mode's clamp."""
+    if kernel < 1 or stride < 1 or dilation < 1 or pad < 0:
+        raise OpTypeError(f"window needs kernel, stride, dilation >= 1 and padding >= 0, got "
+                          f"{kernel}, {stride}, {dilation} and {pad}")
     span = size + 2 * pad - dilation * (kernel - 1) - 1
-    if span < 0:
-        raise OpTypeError(f"window of {kernel} (dilation {dilation}) exceeds padded size {size}")
-    out = (math.ceil(span / stride) if ceil else span // stride) + 1
+    out = (-(-span // stride) if ceil else span // stride) + 1  # ceil_mode admits span > -stride
     if ceil and (out - 1) * stride >= size + pad:
         out -= 1
+    if out < 1:
+        raise OpTypeError(f"window of {kernel} (dilation {dilation}) exceeds padded size "
+                          f"{size} + 2 * {pad}")
     return out
 
 

@@ -37,12 +37,20 @@ def relu(x):
     return np.maximum(x, 0).astype(x.dtype)
 
 
+def _bound(x, bound):
+    """An integral bound of an integer tensor converts to its dtype, as in torch's clamp(x, 0)
+    (float64 would be inexact past 2**53)."""
+    if np.issubdtype(x.dtype, np.integer) and float(bound).is_integer():
+        return np.array(int(bound)).astype(x.dtype)
+    return bound
+
+
 def clamp(x, *, min, max):  # noqa: A002 - attribute names of the op
     y = _wide(x)
     if min is not None:
-        y = np.maximum(y, min)
+        y = np.maximum(y, _bound(x, min))
     if max is not None:
-        y = np.minimum(y, max)
+        y = np.minimum(y, _bound(x, max))
     return y
 
 
@@ -112,10 +120,22 @@ def cast(x, *, dtype):
     return x  # the interpreter converts to the declared dtype
 
 
+def _common(a, b, floating=False):
+    """Both operands converted to torch's result dtype (a 0-d f32 compared with an f16 tensor is
+    rounded to f16 first, as in torch), then widened. `floating`: integer results become f32."""
+    from compiler import dtypes  # not at the top: compiler imports this module
+
+    name = dtypes.promote([(dtypes.from_numpy(x.dtype), np.ndim(x)) for x in (a, b)])
+    if floating and not dtypes.is_float(name):
+        name = "f32"
+    common = dtypes.to_numpy(name)
+    return tuple(_wide(np.asarray(x).astype(common, copy=False)) for x in (a, b))
+
+
 def _binary(fn):
     def run(a, b):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return fn(_wide(a), _wide(b))
+            return fn(*_common(a, b))
 
     run.__name__ = fn.__name__
     return run
@@ -137,7 +157,7 @@ ge = _binary(np.greater_equal)
 
 def div(a, b):
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.true_divide(_wide(a).astype(np.float64), _wide(b).astype(np.float64))
+        return np.true_divide(*_common(a, b, floating=True))
 
 
 def where(cond, a, b):
@@ -147,17 +167,22 @@ def where(cond, a, b):
 # --- reductions and normalizations --------------------------------------------------------------
 
 
+def _axes(x, dims):
+    """Reduction axes; a 0-d tensor takes dim 0 or -1 as torch does and reduces nothing."""
+    return tuple(dims) if x.ndim else ()
+
+
 def sum(x, *, dims, keepdim):  # noqa: A001
     acc = np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64
-    return np.sum(x, axis=tuple(dims), keepdims=keepdim, dtype=acc)
+    return np.sum(x, axis=_axes(x, dims), keepdims=keepdim, dtype=acc)
 
 
 def mean(x, *, dims, keepdim):
-    return np.mean(_wide(x), axis=tuple(dims), keepdims=keepdim)
+    return np.mean(_wide(x), axis=_axes(x, dims), keepdims=keepdim)
 
 
 def amax(x, *, dims, keepdim):
-    return np.max(x, axis=tuple(dims), keepdims=keepdim)
+    return np.max(x, axis=_axes(x, dims), keepdims=keepdim)
 
 
 def softmax(x, *, dim):
@@ -246,7 +271,10 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, is_causal, scale):
     if mask is not None:
         scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + _wide(mask)
     with np.errstate(invalid="ignore"):
-        return softmax(scores, dim=-1) @ v
+        weights = softmax(scores, dim=-1)
+    # torch's safe softmax: a query row that may attend to no key gives zeros, not NaN
+    weights = np.where(np.isneginf(scores).all(axis=-1, keepdims=True), 0.0, weights)
+    return weights @ v
 
 
 def embedding(weight, indices):
@@ -254,7 +282,13 @@ def embedding(weight, indices):
 
 
 def gather(x, index, *, dim):
-    return np.take_along_axis(x, index.astype(np.int64), axis=dim)
+    # torch allows an index smaller than x in the other dims: it gathers from that corner of x.
+    # A 0-d x gathers like a 1-d one.
+    x1, index1 = np.atleast_1d(x), np.atleast_1d(index).astype(np.int64)
+    axis = dim % x1.ndim
+    corner = tuple(builtins.slice(None) if i == axis else builtins.slice(0, n)
+                   for i, n in enumerate(index1.shape))
+    return np.take_along_axis(x1[corner], index1, axis=axis).reshape(index.shape)
 
 
 # --- pooling ------------------------------------------------------------------------------------
@@ -339,7 +373,7 @@ def unsqueeze(x, *, dim):
 
 
 def squeeze(x, *, dims):
-    return np.squeeze(x, axis=tuple(d for d in dims if x.shape[d] == 1))
+    return np.squeeze(x, axis=tuple(d for d in dims if x.ndim and x.shape[d] == 1))
 
 
 def expand(x, *, shape):
@@ -352,6 +386,16 @@ def expand(x, *, shape):
 
 
 def arange(*, start, end, step, dtype):
+    from compiler import dtypes  # not at the top: compiler imports this module
+
+    if not dtypes.is_float(dtype):
+        # torch counts from the truncated start by the truncated step; only int64 also takes
+        # the length from the truncated values (the other integer types use the float ones)
+        first, stride = int(start), int(step)
+        if dtype == "i64":
+            start, end, step = first, int(end), stride
+        n = max(0, math.ceil((end - start) / step))
+        return first + np.arange(n, dtype=np.int64) * stride
     n = max(0, math.ceil((end - start) / step))
     return start + np.arange(n, dtype=np.float64) * step
 

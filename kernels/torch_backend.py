@@ -18,8 +18,16 @@ def _no_attrs(fn):
     return lambda *xs: fn(*xs)
 
 
+def _int_bound(x, bound):
+    """An integral bound of an integer tensor as a python int, as in torch's clamp(x, 0): a float
+    bound would make torch clamp in float32, inexact past 2**24, where the IR keeps the dtype."""
+    if bound is None or x.is_floating_point() or x.dtype == torch.bool:
+        return bound
+    return int(bound) if float(bound).is_integer() else bound
+
+
 def _clamp(x, *, min, max):  # noqa: A002
-    return torch.clamp(x, min=min, max=max)
+    return torch.clamp(x, min=_int_bound(x, min), max=_int_bound(x, max))
 
 
 def _reduce(fn):
@@ -66,6 +74,8 @@ def _squeeze(x, *, dims):
 
 
 def _arange(*, start, end, step, dtype, device):
+    if not dtypes.is_float(dtype):  # torch's own integer arange: it truncates start and step
+        return torch.arange(start, end, step, dtype=dtypes.to_torch(dtype), device=device)
     return torch.arange(start, end, step, dtype=torch.float64, device=device).to(
         dtypes.to_torch(dtype))
 
