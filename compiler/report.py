@@ -102,8 +102,9 @@ class Report:
             lines.append(f"{p.name:24}{p.seconds * 1e3:>8.1f}ms{'yes' if p.changed else 'no':>9}"
                          f"{f'{p.nodes_before}->{p.nodes_after}':>14}  {details}")
             for key, notes in p.stats.items():
-                if isinstance(notes, list):
-                    lines += [f"{'':26}{key}: {note}" for note in notes]
+                if isinstance(notes, list) and notes:
+                    lines.append(f"{'':26}{key}:")
+                    lines += [f"{'':28}{note}" for note in notes]
         if r.fallbacks:
             lines += ["", f"fallbacks: {len(r.fallbacks)} op(s) run by torch as opaque torch_op"]
             for f in r.fallbacks:

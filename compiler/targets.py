@@ -21,7 +21,8 @@ class Target:
 
 
 # Float pipeline: cleanup first so patterns see one spelling, then folding, then cleanup again.
-_FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "canonicalize", "dce")
+_FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "remove-pruned-channels",
+          "canonicalize", "dce")
 
 _TARGETS = [
     Target("reference", "reference", "fp32", _FLOAT,
