@@ -131,7 +131,7 @@ class Attrs(Mapping[str, Any]):
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted((k, _hashable(v)) for k, v in self._items.items())))
+        return hash(_hashable(self._items))
 
     def replace(self, **changes: Any) -> Attrs:
         return Attrs({**self._items, **changes})
@@ -141,11 +141,12 @@ class Attrs(Mapping[str, Any]):
 
 
 def _attr_key(value: Any) -> Any:
-    """Equality key that treats NaN as equal to NaN and keeps 1 distinct from 1.0 and True."""
+    """Equality key that treats NaN as equal to NaN and keeps 1 distinct from 1.0 and True,
+    and a list distinct from a map (`[]` from `{}`)."""
     if isinstance(value, dict):
-        return tuple(sorted((k, _attr_key(v)) for k, v in value.items()))
+        return ("dict", tuple(sorted((k, _attr_key(v)) for k, v in value.items())))
     if isinstance(value, tuple):
-        return tuple(_attr_key(v) for v in value)
+        return ("list", tuple(_attr_key(v) for v in value))
     if isinstance(value, float) and math.isnan(value):
         return ("nan",)
     return (type(value).__name__, value)

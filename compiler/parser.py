@@ -26,6 +26,7 @@ import numpy as np
 
 from compiler import dtypes
 from compiler.ir import Attrs, ConstData, Graph, Node, Provenance, QuantParams, TensorType, Value
+from compiler.printer import format_attr
 
 
 class IRParseError(ValueError):
@@ -39,7 +40,7 @@ _TOKEN = re.compile(
   | (?P<value>%[A-Za-z0-9_]+)
   | (?P<digest>@[0-9a-f]+)
   | (?P<num>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+)
-            |-?inf\b|nan\b)
+            |-?inf\b|-?nan\b)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[\[\](){},=:\#])
     """,
@@ -97,6 +98,16 @@ class _Line:
         return self.pos >= len(self.tokens)
 
 
+def _json_string(text: str, line: _Line) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        line.fail(f"malformed string {text}: {e}")
+    if not isinstance(value, str):
+        line.fail(f"expected a quoted string, found {text}")
+    return value
+
+
 def _scalar(kind: str, tok: str, line: _Line) -> Any:
     if kind == "num":
         if re.fullmatch(r"-?\d+", tok):
@@ -107,7 +118,7 @@ def _scalar(kind: str, tok: str, line: _Line) -> Any:
     if kind == "ident" and tok == "none":
         return None
     if kind == "str":
-        return json.loads(tok)
+        return _json_string(tok, line)
     line.fail(f"expected a value, found {tok!r}")
 
 
@@ -127,7 +138,7 @@ def _attr_value(line: _Line) -> Any:
             if kind != "str":
                 line.fail(f"expected a quoted key, found {key!r}")
             line.expect(":")
-            items[json.loads(key)] = _attr_value(line)
+            items[_json_string(key, line)] = _attr_value(line)
             if not line.accept(","):
                 line.expect("}")
                 break
@@ -160,10 +171,12 @@ def _type(line: _Line) -> TensorType:
             if not line.accept(","):
                 line.expect("}")
                 break
-        try:
-            quant = QuantParams(tuple(fields["scale"]), tuple(fields["zero_point"]), fields["axis"])
-        except KeyError as e:
-            line.fail(f"quantization is missing {e}")
+        missing = sorted({"scale", "zero_point", "axis"} - set(fields))
+        if missing:
+            line.fail(f"quantization is missing {', '.join(missing)}")
+        if not isinstance(fields["scale"], tuple) or not isinstance(fields["zero_point"], tuple):
+            line.fail("quantization scale and zero_point must be lists")
+        quant = QuantParams(fields["scale"], fields["zero_point"], fields["axis"])
     return TensorType(tuple(shape), dtype, quant)
 
 
@@ -181,7 +194,10 @@ def _provenance(comment: str | None, line: _Line) -> Provenance:
     decoder = json.JSONDecoder()
     module = ""
     if text.startswith('"'):
-        module, end = decoder.raw_decode(text)
+        try:
+            module, end = decoder.raw_decode(text)
+        except ValueError as e:
+            line.fail(f"malformed module name in the provenance comment: {e}")
         text = text[end:].strip()
     elif not text.startswith("("):
         module, _, text = text.partition(" ")
@@ -191,7 +207,7 @@ def _provenance(comment: str | None, line: _Line) -> Provenance:
         if not (text.startswith("(") and text.endswith(")")):
             line.fail("provenance comment must be `# module (source)`")
         inner = text[1:-1]
-        source = json.loads(inner) if inner.startswith('"') else inner
+        source = _json_string(inner, line) if inner.startswith('"') else inner
     return Provenance(module, source)
 
 
@@ -205,7 +221,11 @@ def _const_node(line: _Line, out: Value, t: TensorType, constants: Mapping[str, 
             array = constants.get(digest)
         if array is None:
             return ConstData(None, digest)
-        data = ConstData(np.asarray(array, dtype=dtypes.to_numpy(t.dtype)).reshape(t.shape))
+        array = np.asarray(array)
+        if array.shape != t.shape:
+            line.fail(f"data supplied for %{out.name} has shape {list(array.shape)}, its type "
+                      f"{t} needs {list(t.shape)}")
+        data = ConstData(array.astype(dtypes.to_numpy(t.dtype), copy=False))
         if data.digest != digest:
             line.fail(f"data supplied for %{out.name} does not match its digest @{digest}")
         return data
@@ -213,7 +233,24 @@ def _const_node(line: _Line, out: Value, t: TensorType, constants: Mapping[str, 
     flat = list(value) if isinstance(value, tuple) else [value]
     if len(flat) != t.numel:
         line.fail(f"constant has {len(flat)} values, its type {t} needs {t.numel}")
-    return ConstData(np.array(flat, dtype=dtypes.to_numpy(t.dtype)).reshape(t.shape))
+    return ConstData(_const_array(flat, t, line))
+
+
+def _const_array(flat: list[Any], t: TensorType, line: _Line) -> np.ndarray:
+    """The inline values as an array of t's dtype; each must be a scalar that dtype holds."""
+    np_dtype = dtypes.to_numpy(t.dtype)
+    category = dtypes.category(t.dtype)
+    for x in flat:
+        if category == 0:
+            ok = isinstance(x, bool)
+        elif category == 1:
+            info = np.iinfo(np_dtype)
+            ok = isinstance(x, int) and not isinstance(x, bool) and info.min <= x <= info.max
+        else:
+            ok = isinstance(x, (int, float)) and not isinstance(x, bool)
+        if not ok:
+            line.fail(f"{format_attr(x)} is not a value of dtype {t.dtype}")
+    return np.array(flat, dtype=np_dtype).reshape(t.shape)
 
 
 def _node(line: _Line, defined: dict[str, Value], constants) -> Node:
@@ -291,6 +328,8 @@ def parse_ir(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Gr
             head.expect(")")
             break
     head.expect("{")
+    if not head.at_end():
+        head.fail(f"unexpected {head.peek()[1]!r}")
     nodes, outputs, closed = [], None, False
     for lineno, raw in lines[1:]:
         line = _Line(raw, lineno)
@@ -299,6 +338,8 @@ def parse_ir(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Gr
         if line.accept("}"):
             if outputs is None:
                 line.fail("graph has no `return`")
+            if not line.at_end():
+                line.fail(f"unexpected {line.peek()[1]!r}")
             closed = True
         elif line.accept("return"):
             outputs = []
@@ -316,5 +357,6 @@ def parse_ir(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Gr
         else:
             nodes.append(_node(line, defined, constants))
     if not closed:
-        raise IRParseError("missing closing `}`")
+        raise IRParseError(f"line {lines[-1][0]}: missing closing `}}` after "
+                           f"{lines[-1][1].strip()!r}")
     return Graph(tuple(inputs), tuple(nodes), tuple(outputs))

@@ -28,7 +28,7 @@ def format_scalar(x: Any) -> str:
         return str(int(x))
     x = float(x)
     if math.isnan(x):
-        return "nan"
+        return "-nan" if math.copysign(1.0, x) < 0 else "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return repr(x)
@@ -72,10 +72,23 @@ def format_provenance(p: Provenance) -> str:
     return "  # " + " ".join(parts)
 
 
+def _text_is_exact(array: np.ndarray) -> bool:
+    """Whether the printed values give back the same bytes: true but for NaNs with a payload
+    (the text has only `nan` and `-nan`), which therefore print as a digest."""
+    if array.dtype.kind != "f":
+        return True
+    nans = array[np.isnan(array)]
+    if not nans.size:
+        return True
+    plain = np.where(np.signbit(nans), -np.nan, np.nan).astype(array.dtype)
+    return plain.tobytes() == nans.tobytes()
+
+
 def _format_const(node: Node, inline_all: bool) -> str:
     data: ConstData = node.attrs["value"]
     t = node.output.type
-    if data.array is not None and (inline_all or data.array.size <= INLINE_LIMIT):
+    if (data.array is not None and (inline_all or data.array.size <= INLINE_LIMIT)
+            and _text_is_exact(data.array)):
         flat = data.array.reshape(-1)
         if t.ndim == 0:
             return f"const {format_type(t)} {format_scalar(flat[0])}"
