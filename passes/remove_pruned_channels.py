@@ -84,6 +84,8 @@ def _weighted(b: _Builder, node: Node, inputs: list[Value]) -> tuple[list[Value]
 
 def _sliced_operands(b: _Builder, node: Node, inputs: list[Value]) -> list[Value]:
     """Per-channel constant operands (batch norm parameters, a (C,1,1) scale) lose entries."""
+    if len(node.outputs) != 1:
+        return inputs
     out = node.output
     keep = b.keep(out)
     if keep is None:

@@ -342,6 +342,16 @@ class _Builder:
         return True
 
 
+def _head(builder: _Builder, v: Value) -> Value:
+    if v.type.ndim == 4:
+        w = builder.const(builder._normal((2, v.type.shape[1], 1, 1)), "head_w")
+        return builder.emit("conv2d", [v, w], {})[0]
+    if v.type.ndim == 2:
+        w = builder.const(builder._normal((3, v.type.shape[1])), "head_w")
+        return builder.emit("linear", [v, w], {})[0]
+    return v
+
+
 def _apply(builder: _Builder, kind: str, x: Value) -> bool:
     return getattr(builder, kind)(x)
 
@@ -357,6 +367,7 @@ def random_graphs(
     max_inputs: int = 1,
     max_outputs: int = 3,
     ops: Sequence[str] = OP_KINDS,
+    heads: bool = False,
 ) -> Graph:
     """A random valid graph (see the module docstring).
 
@@ -369,6 +380,9 @@ def random_graphs(
     max_inputs: graph inputs: the first is NCHW as above, others NCHW with the same batch.
     max_outputs: how many values the graph returns at most (the last value always).
     ops: the op kinds to choose among, a subset of `OP_KINDS`.
+    heads: end every returned NCHW value in a 1x1 conv (no padding) and every rank-2 value in a
+        linear, as a classifier head would. Without heads the graph outputs fix the channel
+        counts of most values; with them, channel removal has room to work.
     """
     unknown = set(ops) - set(OP_KINDS)
     if unknown or not ops:
@@ -401,6 +415,8 @@ def random_graphs(
     extra = draw(st.lists(st.sampled_from(tuple(builder.values)), max_size=max(0, max_outputs - 1),
                           unique_by=lambda v: v.name))
     outputs = (last, *[v for v in extra if v.name != last.name])
+    if heads:
+        outputs = tuple(_head(builder, v) for v in outputs)
     graph = Graph(inputs, tuple(builder.nodes), outputs)
     verify(graph)
     return graph
