@@ -20,6 +20,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
+test-long: $(STAMP)
+	FXFORGE_PROPERTY_EXAMPLES=2000 $(PY) -m pytest -q -n 2 tests/test_pass_properties.py
+
+bench: $(STAMP)
+	$(PY) -m compiler bench
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
