@@ -18,6 +18,7 @@ from compiler.errors import (
 from compiler.ir import Graph, Node, TensorType, Value
 from compiler.parser import IRParseError, parse_ir
 from compiler.pipeline import DebugOptions, PassManager
+from compiler.pruning import prune_channels
 from compiler.targets import TARGETS
 from compiler.verify import IRVerificationError, verify
 
@@ -40,5 +41,6 @@ __all__ = [
     "Value",
     "compile",
     "parse_ir",
+    "prune_channels",
     "verify",
 ]

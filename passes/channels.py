@@ -89,6 +89,30 @@ class ChannelAnalysis:
     def link(self, a: Value, a_channels, b: Value, b_channels) -> None:
         self.links.append((a.name, np.asarray(a_channels), b.name, np.asarray(b_channels)))
 
+    # --- queries for clients (structured pruning); read-only ---
+
+    def members(self) -> dict[str, list[str]]:
+        """Space root -> the tracked value names in that space, in graph order."""
+        table: dict[str, list[str]] = defaultdict(list)
+        for name in self.consts:
+            table[self.spaces.find(name)].append(name)
+        return dict(table)
+
+    def blocked_spaces(self) -> set[str]:
+        """Roots of the spaces whose shape is fixed (see `blocked`)."""
+        return {self.spaces.find(n) for n in self.blocked}
+
+    def space_sources(self) -> dict[str, list[Node]]:
+        """Space root -> the sources (conv2d groups=1 / linear) whose output is in the space."""
+        table: dict[str, list[Node]] = defaultdict(list)
+        for node in self.sources:
+            table[self.spaces.find(node.output.name)].append(node)
+        return dict(table)
+
+    def linked_spaces(self) -> list[tuple[str, str]]:
+        """Pairs of space roots joined by a position link (cat, split, flatten)."""
+        return [(self.spaces.find(x), self.spaces.find(y)) for x, _, y, _ in self.links]
+
 
 def channel_vector(array: np.ndarray, out_ndim: int, channels: int) -> np.ndarray:
     """A constant operand broadcast against a rank-`out_ndim` value, as one number per channel
@@ -104,18 +128,16 @@ def _conv_consts(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.
     groups = node.attrs["groups"]
     cout, cin_g = w.shape[:2]
     padded = any(node.attrs["padding"])
+    # k[c, j]: the constant of the input channel that tap group w[c, j] reads
+    k = np.repeat(np.asarray(x, dtype=float).reshape(groups, cin_g), cout // groups, axis=0)
+    taps = w.reshape(cout, cin_g, -1)
+    live = np.any(taps != 0, axis=2) & (k != 0)  # terms that contribute (NaN counts as live)
+    unknown = np.any(live & (np.isnan(k) | padded), axis=1)
     out = b.astype(float).copy()
-    for c in range(cout):
-        g = c // (cout // groups)
-        for j in range(cin_g):
-            taps = w[c, j]
-            k = x[g * cin_g + j]
-            if not np.any(taps) or k == 0:
-                continue
-            if np.isnan(k) or padded:
-                out[c] = np.nan
-                break
-            out[c] += k * float(taps.sum())
+    for c in np.flatnonzero(~unknown & live.any(axis=1)):
+        for j in np.flatnonzero(live[c]):  # in order, as a running sum, like the scalar rule
+            out[c] += k[c, j] * float(taps[c, j].sum())
+    out[unknown] = np.nan
     return out
 
 
