@@ -496,6 +496,135 @@ def _norm_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Fused ops (made by the `fuse` pass). Each step of an epilogue or of a fused elementwise chain
+# is a registry op and is typed by that op's own inference, so no rule is written twice.
+
+
+def _step(step: Any, keys: frozenset[str], where: str) -> tuple[OpDef, Attrs]:
+    """The op and the full attributes of one step; attributes must be spelled out in canonical
+    form (as node attributes must), so that a step prints and compares one way."""
+    if not isinstance(step, Mapping) or not set(step) <= keys or "op" not in step:
+        raise OpTypeError(f"{where} must be a map with keys from {sorted(keys)} including 'op', "
+                          f"got {step!r}")
+    name = step["op"]
+    opdef = OPS.get(name) if isinstance(name, str) else None
+    if opdef is None or opdef.kind != "elementwise" or name.startswith("fused_"):
+        raise OpTypeError(f"{where}: {name!r} is not an elementwise op of the registry")
+    given = step.get("attrs", {})
+    if not isinstance(given, Mapping):
+        raise OpTypeError(f"{where}: attrs must be a map, got {given!r}")
+    full = complete_attrs(opdef, given)
+    if full != Attrs(given):
+        raise OpTypeError(f"{where}: attributes of {name} must all be given, canonical: "
+                          f"{dict(full)}")
+    return opdef, full
+
+
+def _index(i: Any, bound: int, where: str) -> int:
+    if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < bound:
+        raise OpTypeError(f"{where}: operand index {i!r} is not in [0, {bound})")
+    return i
+
+
+def epilogue_types(base: TensorType, ins: Types, epilogue: Any) -> list[TensorType]:
+    """The accumulator's type after the base op and after each epilogue step. A step is
+    {"op": unary op, "attrs"?: {...}} or {"op": binary op, "attrs"?: {...}, "operand": i,
+    "side": "right" | "left"}: op(acc, ins[i]) or op(ins[i], acc). Steps keep the shape."""
+    if not isinstance(epilogue, tuple):
+        raise OpTypeError(f"epilogue must be a list of steps, got {epilogue!r}")
+    types = [base]
+    keys = frozenset(("op", "attrs", "operand", "side"))
+    for k, step in enumerate(epilogue):
+        where = f"epilogue step {k}"
+        opdef, attrs = _step(step, keys, where)
+        acc = types[-1]
+        if opdef.min_inputs == opdef.max_inputs == 1:
+            if "operand" in step or "side" in step:
+                raise OpTypeError(f"{where}: unary {opdef.name} takes no operand")
+            args = [acc]
+        elif opdef.min_inputs == opdef.max_inputs == 2:
+            other = ins[_index(step.get("operand"), len(ins), where)]
+            side = step.get("side")
+            if side not in ("left", "right"):
+                raise OpTypeError(f"{where}: side must be 'left' or 'right', got {side!r}")
+            args = [acc, other] if side == "right" else [other, acc]
+        else:
+            raise OpTypeError(f"{where}: {opdef.name} takes {opdef.min_inputs} inputs; an "
+                              "epilogue step takes the accumulator and at most one operand")
+        (out,) = infer_types(opdef, args, attrs)
+        if out.shape != base.shape:
+            raise OpTypeError(f"{where}: {opdef.name} gives shape {list(out.shape)}; an epilogue "
+                              f"must keep the shape {list(base.shape)}")
+        types.append(out)
+    return types
+
+
+def _split_bias(ins: Types, attrs: Attrs, what: str) -> int:
+    """How many inputs the base op takes: x, weight and, with has_bias, the bias."""
+    n = 3 if attrs["has_bias"] else 2
+    if len(ins) < n:
+        raise OpTypeError(f"{what} with has_bias={attrs['has_bias']} needs at least {n} inputs")
+    return n
+
+
+def _fused_conv2d_types(ins: Types, attrs: Attrs) -> list[TensorType]:
+    (base,) = _conv2d(ins[:_split_bias(ins, attrs, "fused_conv2d")], attrs)
+    return epilogue_types(base, ins, attrs["epilogue"])
+
+
+def _fused_linear_types(ins: Types, attrs: Attrs) -> list[TensorType]:
+    (base,) = _linear(ins[:_split_bias(ins, attrs, "fused_linear")], attrs)
+    return epilogue_types(base, ins, attrs["epilogue"])
+
+
+def _fused_elementwise_types(ins: Types, attrs: Attrs) -> list[TensorType]:
+    """Steps {"op", "args": [i, ...], "attrs"?}: arg i < n is input i, i >= n the result of
+    step i - n. The node's result is the last step's."""
+    steps = attrs["steps"]
+    if not isinstance(steps, tuple) or not steps:
+        raise OpTypeError(f"fused_elementwise needs a non-empty list of steps, got {steps!r}")
+    values = list(ins)
+    keys = frozenset(("op", "args", "attrs"))
+    for k, step in enumerate(steps):
+        where = f"fused_elementwise step {k}"
+        opdef, step_attrs = _step(step, keys, where)
+        args = step.get("args")
+        if not isinstance(args, tuple):
+            raise OpTypeError(f"{where}: args must be a list of indices, got {args!r}")
+        types = [values[_index(i, len(values), where)] for i in args]
+        values.extend(infer_types(opdef, types, step_attrs))
+    return values[len(ins):]
+
+
+def stage_types(op: str, ins: Types, attrs: Mapping[str, Any]) -> list[TensorType]:
+    """For a fused op, the type of each intermediate result (base op, then each step): what the
+    unfused graph holds there. The reference rounds to these types (torch's own promotion gives
+    them), so a fused node computes exactly what its unfused nodes did."""
+    return _STAGES[op](ins, Attrs(attrs))
+
+
+_STAGES = {"fused_conv2d": _fused_conv2d_types, "fused_linear": _fused_linear_types,
+           "fused_elementwise": _fused_elementwise_types}
+
+
+def _last_stage(op: str):
+    return lambda ins, attrs: (_STAGES[op](ins, attrs)[-1],)
+
+
+def _fused_flops(op: str, base_flops):
+    """The base op's FLOPs (none for an elementwise chain) plus one per element per step."""
+
+    def flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+        stages = _STAGES[op](ins, attrs)
+        if base_flops is None:
+            return sum(t.numel for t in stages)
+        n = 3 if attrs["has_bias"] else 2
+        return base_flops(ins[:n], stages[:1], attrs) + sum(t.numel for t in stages[1:])
+
+    return flops
+
+
+# ---------------------------------------------------------------------------------------------
 # Declarations
 
 _DIMS = {"dims": AttrSpec("ints"), "keepdim": AttrSpec("bool", False)}
@@ -621,6 +750,23 @@ _DECLS: list[OpDef] = [
         dtype=AttrSpec("dtype")),
     _op("full", 0, _full, ref.full, "source", "A tensor of shape filled with value (zeros, ones).",
         shape=AttrSpec("ints"), value=AttrSpec("float"), dtype=AttrSpec("dtype")),
+    # fused (made by the fuse pass; see `epilogue_types` and `_fused_elementwise_types`)
+    _op("fused_conv2d", (2, None), _last_stage("fused_conv2d"), ref.fused_conv2d, "compute",
+        "conv2d, then an epilogue of elementwise steps. Inputs: x, weight, bias (if has_bias), "
+        "then the operands the steps name by input index.",
+        _fused_flops("fused_conv2d", _conv2d_flops), stride=AttrSpec("ints", (1, 1)),
+        padding=AttrSpec("ints", (0, 0)), dilation=AttrSpec("ints", (1, 1)),
+        groups=AttrSpec("int", 1), has_bias=AttrSpec("bool"), epilogue=AttrSpec("any", ())),
+    _op("fused_linear", (2, None), _last_stage("fused_linear"), ref.fused_linear, "compute",
+        "linear, then an epilogue of elementwise steps. Inputs: x, weight, bias (if has_bias), "
+        "then the operands the steps name by input index.",
+        _fused_flops("fused_linear", _linear_flops), has_bias=AttrSpec("bool"),
+        epilogue=AttrSpec("any", ())),
+    _op("fused_elementwise", (1, None), _last_stage("fused_elementwise"),
+        ref.fused_elementwise, "elementwise",
+        "A chain of elementwise ops as one node; each step names its arguments by index "
+        "(inputs, then earlier steps' results); the result is the last step's.",
+        _fused_flops("fused_elementwise", None), steps=AttrSpec("any")),
     # anything else
     _op("torch_op", (0, None), None, ref.torch_op, "opaque",
         "An aten op with no IR op, run by torch (also under the reference, converting arrays). "

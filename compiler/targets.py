@@ -21,8 +21,9 @@ class Target:
 
 
 # Float pipeline: cleanup first so patterns see one spelling, then folding, then cleanup again.
+# fuse comes last: the channel analysis reads plain conv/linear/elementwise nodes.
 _FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "remove-pruned-channels",
-          "canonicalize", "dce")
+          "canonicalize", "fuse", "dce")
 
 _TARGETS = [
     Target("reference", "reference", "fp32", _FLOAT,

@@ -408,3 +408,60 @@ def torch_op(*inputs, target, args, kwargs):
     from kernels.opaque import call_on_arrays
 
     return call_on_arrays(target, args, kwargs, inputs)
+
+
+# --- fused (made by the fuse pass) --------------------------------------------------------------
+
+
+def _stages(op, inputs, attrs):
+    """Each intermediate's dtype as numpy, from the op's own type inference."""
+    from compiler import dtypes, ops  # not at the top: compiler imports this module
+    from compiler.ir import TensorType
+
+    types = [TensorType(np.shape(x), dtypes.from_numpy(np.asarray(x).dtype)) for x in inputs]
+    return [dtypes.to_numpy(t.dtype) for t in ops.stage_types(op, types, attrs)]
+
+
+def _step_fn(step):
+    from compiler import ops  # not at the top: compiler imports this module
+
+    return ops.get(step["op"]).reference, dict(step.get("attrs", {}))
+
+
+def _epilogue(acc, inputs, epilogue, stages):
+    """Each step runs its op's own reference on what the unfused graph would hold: the
+    accumulator rounded to the dtype it has there, and the step's operand."""
+    acc = np.asarray(acc).astype(stages[0], copy=False)
+    for step, dtype in zip(epilogue, stages[1:]):
+        fn, attrs = _step_fn(step)
+        if "operand" in step:
+            other = inputs[step["operand"]]
+            args = (acc, other) if step["side"] == "right" else (other, acc)
+        else:
+            args = (acc,)
+        with np.errstate(all="ignore"):
+            acc = np.asarray(fn(*args, **attrs)).astype(dtype, copy=False)
+    return acc
+
+
+def fused_conv2d(*inputs, stride, padding, dilation, groups, has_bias, epilogue):
+    attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    acc = conv2d(*inputs[:3 if has_bias else 2], **attrs)
+    stages = _stages("fused_conv2d", inputs, dict(attrs, has_bias=has_bias, epilogue=epilogue))
+    return _epilogue(acc, inputs, epilogue, stages)
+
+
+def fused_linear(*inputs, has_bias, epilogue):
+    acc = linear(*inputs[:3 if has_bias else 2])
+    stages = _stages("fused_linear", inputs, dict(has_bias=has_bias, epilogue=epilogue))
+    return _epilogue(acc, inputs, epilogue, stages)
+
+
+def fused_elementwise(*inputs, steps):
+    values = list(inputs)
+    for step, dtype in zip(steps, _stages("fused_elementwise", inputs, dict(steps=steps))):
+        fn, attrs = _step_fn(step)
+        with np.errstate(all="ignore"):
+            out = fn(*[values[i] for i in step["args"]], **attrs)
+        values.append(np.asarray(out).astype(dtype, copy=False))
+    return values[-1]

@@ -84,6 +84,41 @@ def _full(*, shape, value, dtype, device):
     return torch.full(shape, value, dtype=dtypes.to_torch(dtype), device=device)
 
 
+# --- fused ops: the base op, then each step with that op's own entry in TORCH_IMPLS -----------
+# No casts between steps: the IR's dtypes are torch's, so each intermediate already has the dtype
+# the unfused graph declares there (a `cast` step casts itself); the executor casts the result.
+
+
+def _epilogue(acc, inputs, epilogue):
+    for step in epilogue:
+        fn = TORCH_IMPLS[step["op"]]
+        if "operand" in step:
+            other = inputs[step["operand"]]
+            args = (acc, other) if step["side"] == "right" else (other, acc)
+        else:
+            args = (acc,)
+        acc = fn(*args, **step.get("attrs", {}))
+    return acc
+
+
+def _fused_conv2d(*inputs, stride, padding, dilation, groups, has_bias, epilogue):
+    acc = _conv2d(*inputs[:3 if has_bias else 2], stride=stride, padding=padding,
+                  dilation=dilation, groups=groups)
+    return _epilogue(acc, inputs, epilogue)
+
+
+def _fused_linear(*inputs, has_bias, epilogue):
+    return _epilogue(F.linear(*inputs[:3 if has_bias else 2]), inputs, epilogue)
+
+
+def _fused_elementwise(*inputs, steps):
+    values = list(inputs)
+    for step in steps:
+        fn = TORCH_IMPLS[step["op"]]
+        values.append(fn(*[values[i] for i in step["args"]], **step.get("attrs", {})))
+    return values[-1]
+
+
 # Ops that may have no tensor input need to be told where to put their result.
 DEVICE_AWARE_OPS = {"arange", "full", "torch_op"}
 
@@ -149,6 +184,9 @@ TORCH_IMPLS = {
     "full": _full,
     "torch_op": lambda *xs, target, args, kwargs, device: call_on_tensors(target, args, kwargs,
                                                                           xs, device),
+    "fused_conv2d": _fused_conv2d,
+    "fused_linear": _fused_linear,
+    "fused_elementwise": _fused_elementwise,
 }
 
 

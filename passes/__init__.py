@@ -15,6 +15,7 @@ from passes.cse import cse
 from passes.dce import dce
 from passes.fold_batchnorm import fold_batchnorm
 from passes.fold_constants import fold_constants
+from passes.fuse import fuse
 from passes.remove_pruned_channels import remove_pruned_channels
 
 PassFn = Callable[[Graph], tuple[Graph, dict]]
@@ -26,4 +27,5 @@ PASSES: dict[str, PassFn] = {
     "dce": dce,
     "fold-batchnorm": fold_batchnorm,
     "remove-pruned-channels": remove_pruned_channels,
+    "fuse": fuse,
 }

@@ -50,7 +50,7 @@ def check_compiles_smaller(pruned, inputs):
 
 def conv_widths(graph) -> dict[str, int]:
     return {n.provenance.module: n.inputs[1].type.shape[0] for n in graph.nodes
-            if n.op == "conv2d"}
+            if n.op in ("conv2d", "fused_conv2d")}
 
 
 # --- ResNet-18 at 0.5 ---------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_mobilenetv2_depthwise_follows_its_producer():
             assert zero_rows(bn.weight) == zeroed and zero_rows(bn.bias) == zeroed
     # the depthwise convs were narrowed with their producers
     for n in compiled.graph.nodes:
-        if n.op == "conv2d" and n.provenance.module.endswith("conv.1.0"):
+        if n.op in ("conv2d", "fused_conv2d") and n.provenance.module.endswith("conv.1.0"):
             block = pruned.get_submodule(n.provenance.module.rsplit(".conv", 1)[0])
             if len(block.conv) == 3:
                 assert n.attrs["groups"] == n.inputs[1].type.shape[0] == \
