@@ -719,7 +719,7 @@ _DECLS: list[OpDef] = [
         dim=AttrSpec("int")),
     # pooling
     _op("max_pool2d", 1, _max_pool2d, ref.max_pool2d, "reduction", "2-D max pooling, NCHW.",
-        _reduction_flops, dilation=AttrSpec("ints", (1, 1)), **_POOL),
+        _reduction_flops, **_POOL, dilation=AttrSpec("ints", (1, 1))),
     _op("avg_pool2d", 1, _avg_pool2d, ref.avg_pool2d, "reduction", "2-D average pooling, NCHW.",
         _reduction_flops, count_include_pad=AttrSpec("bool", True),
         divisor_override=AttrSpec("int", None, optional=True), **_POOL),
