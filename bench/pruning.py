@@ -64,7 +64,7 @@ def _with_width(name: str, width: int) -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = zoo.ResNet(block, layers, width=width)
-    return zoo._randomize_norms(model)
+    return zoo.randomize_norms(model)
 
 
 def main(argv: list[str] | None = None) -> int:

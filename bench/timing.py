@@ -46,3 +46,80 @@ def machine() -> dict[str, object]:
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit}
+
+
+
+def interleaved_samples(systems: dict[str, Callable[[], object]], repeats: int = 30,
+                        warmup: int = 3, cuda: bool = False) -> dict[str, list[float]]:
+    """Like `interleaved`, but returns every timed sample (seconds) per system. cuda=True times
+    each call with CUDA events on the current stream (GPU time between two events around the
+    call; the host waits for the end event before the next call)."""
+    names = list(systems)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for name in names:
+                systems[name]()
+        if cuda:
+            torch.cuda.synchronize()
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                if cuda:
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    systems[name]()
+                    end.record()
+                    end.synchronize()
+                    samples[name].append(start.elapsed_time(end) / 1e3)
+                else:
+                    start_s = time.perf_counter()
+                    systems[name]()
+                    samples[name].append(time.perf_counter() - start_s)
+    return samples
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    """Median, p10 and p90 of samples; percentiles interpolate between samples (never outside
+    their range, even for a handful of repeats)."""
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else (
+        [times[0]] * 9)
+    return {"median_s": statistics.median(times), "p10_s": deciles[0], "p90_s": deciles[-1],
+            "repeats": len(times)}
+
+
+def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str, int],
+                       repeats: int = 30, warmup: int = 3,
+                       cuda: bool = False) -> dict[str, list[float]]:
+    """`interleaved_samples` where each sample is the mean time of `calls[name]` back-to-back
+    calls: for sub-millisecond systems, the cost of switching from another runtime (its thread
+    pool waking up, cold caches) is spread over the block instead of landing on every call,
+    while rounds still rotate so that drift in machine load hits every system alike."""
+    names = list(systems)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for name in names:
+                systems[name]()
+        if cuda:
+            torch.cuda.synchronize()
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                fn, k = systems[name], max(1, calls.get(name, 1))
+                if cuda:
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(k):
+                        fn()
+                    end.record()
+                    end.synchronize()
+                    samples[name].append(start.elapsed_time(end) / 1e3 / k)
+                else:
+                    start_s = time.perf_counter()
+                    for _ in range(k):
+                        fn()
+                    samples[name].append((time.perf_counter() - start_s) / k)
+    return samples

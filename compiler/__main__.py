@@ -4,6 +4,7 @@
     fxforge compile zoo:resnet18 --target reference                # report + match against eager
     fxforge demo                                                   # the bundled default
     fxforge targets | fxforge ops                                  # what exists
+    fxforge bench [--quick] [--models m,..] [--systems s,..]       # side-by-side benchmark
 """
 
 from __future__ import annotations
@@ -201,6 +202,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "bench_missing", None):
+        raise CliError(f"the bench package is not importable ({args.bench_missing}): run from "
+                       "the repository root, or install fxforge with its bench extra")
+    from bench.harness import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     print(f"{'target':16}{'backend':11}{'precision':18}status")
     for name in TARGETS:
@@ -238,6 +248,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", action="store_true", help="verify the IR after every pass")
 
 
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    try:
+        from bench.harness import add_arguments
+    except ImportError as e:  # run from outside the repository without the bench package
+        p.set_defaults(bench_missing=str(e))
+        return
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fxforge", description="fxforge: compile PyTorch models through an inspectable IR.",
@@ -261,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=20, help="timed runs (0: no timing)")
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("bench", help="benchmark fxforge targets against eager PyTorch, "
+                                     "torch.compile and ONNX Runtime: JSON, markdown, plots")
+    _add_bench_args(p)
+    p.set_defaults(fn=cmd_bench)
     sub.add_parser("targets", help="list compile targets").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list the IR's ops").set_defaults(fn=cmd_ops)
     return parser

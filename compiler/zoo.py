@@ -7,6 +7,7 @@ running statistics (so folding them is a real test), and returns `(model, exampl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _randomize_norms(model: nn.Module) -> nn.Module:
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm2d non-trivial statistics (so folding it is a real test); eval mode."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             with torch.no_grad():
@@ -225,6 +227,136 @@ class TransformerEncoder(nn.Module):
         return {"logits": self.head(x.mean(dim=1)), "hidden": x}
 
 
+# --- ViT ----------------------------------------------------------------------------------------
+
+
+class ViT(nn.Module):
+    """Vision transformer: patch-embedding conv -> [class token; patches] + learned positions ->
+    pre-norm encoder layers -> class-token logits. Defaults are small (32x32 input, 4x4
+    patches); `ViT(224, 16, dim=192, depth=12, heads=3)` is ViT-Ti/16-size."""
+
+    def __init__(self, image: int = 32, patch: int = 4, dim: int = 64, depth: int = 2,
+                 heads: int = 4, classes: int = 10, channels: int = 3):
+        super().__init__()
+        tokens = (image // patch) ** 2
+        self.patch = nn.Conv2d(channels, dim, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, fused=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+# --- digits CNN (trained) -----------------------------------------------------------------------
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for scikit-learn's 8x8 digits: conv-BN, a depthwise-separable residual block,
+    two branches joined by a concat, pooling and a linear head."""
+
+    def __init__(self, width: int = 16, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(1, width, 3)
+        self.block = nn.Sequential(conv_bn(width, width, 3, groups=width),
+                                   conv_bn(width, width, 1, act=None))
+        self.relu = nn.ReLU()
+        self.branch1 = conv_bn(width, width, 1)
+        self.branch3 = conv_bn(width, width, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.mix = conv_bn(2 * width, 2 * width, 3)
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.relu(x + self.block(x))
+        x = torch.cat([self.branch1(x), self.branch3(x)], dim=1)
+        x = self.mix(self.pool(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """scikit-learn's `load_digits` as float images in [0, 1], shape (N, 1, 8, 8), split
+    80/20 (stratified, fixed seed) into train and held-out test."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@functools.lru_cache(maxsize=1)
+def digits_data() -> DigitsData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    train, test = train_test_split(list(range(len(labels))), test_size=0.2, random_state=0,
+                                   stratify=digits.target)
+    train, test = torch.tensor(train), torch.tensor(test)
+    return DigitsData(images[train], labels[train], images[test], labels[test])
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_digits_state() -> tuple[tuple[str, torch.Tensor], ...]:
+    """Train DigitsCNN on the training split: Adam, 8 epochs of batches of 64, fixed seed, one
+    thread (a few CPU seconds). Kept in memory only, as a tuple of (name, tensor) pairs."""
+    data = digits_data()
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.set_num_threads(1)  # tiny ops: one thread is faster and deterministic
+        try:
+            model = DigitsCNN()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+            n = len(data.y_train)
+            model.train()
+            for _ in range(8):
+                order = torch.randperm(n)
+                for start in range(0, n, 64):
+                    idx = order[start:start + 64]
+                    loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            torch.set_num_threads(threads)
+    return tuple((k, v.detach().clone()) for k, v in model.eval().state_dict().items())
+
+
+def digits_accuracy(model: Callable[[torch.Tensor], torch.Tensor], batch: int = 64) -> float:
+    """Held-out accuracy of a model of (N, 1, 8, 8) images at a fixed batch size: the last chunk
+    is padded with zeros so compiled models see one input shape."""
+    data = digits_data()
+    correct = 0
+    for start in range(0, len(data.y_test), batch):
+        x = data.x_test[start:start + batch]
+        n = len(x)
+        if n < batch:
+            x = torch.cat([x, x.new_zeros(batch - n, *x.shape[1:])])
+        with torch.no_grad():
+            logits = model(x)[:n]
+        correct += int((logits.argmax(dim=1) == data.y_test[start:start + n]).sum())
+    return correct / len(data.y_test)
+
+
+def _digits(batch: int) -> tuple[nn.Module, tuple]:
+    model = DigitsCNN()
+    model.load_state_dict(dict(_trained_digits_state()))
+    x = digits_data().x_test
+    reps = -(-batch // len(x))
+    return model.eval(), (x.repeat(reps, 1, 1, 1)[:batch].clone(),)
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -239,7 +371,7 @@ def _seeded(fn: Callable[[int], tuple[nn.Module, tuple]]) -> Callable[[int], tup
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model, inputs = fn(batch)
-        return _randomize_norms(model), inputs
+        return randomize_norms(model), inputs
 
     return build
 
@@ -276,6 +408,11 @@ ZOO: dict[str, ZooEntry] = {
                             "(sdpa and explicit softmax), GELU; dict output"),
     "bert": ZooEntry(_seeded(_bert), "transformers BertModel, small random config "
                                      "(2 layers, hidden 64); ModelOutput"),
+    "vit": ZooEntry(_seeded(lambda b: (ViT(), _image(b))),
+                    "ViT-style vision transformer (32x32 input, 4x4 patches, 2 layers): patch "
+                    "conv, class token concat, learned positions, sdpa"),
+    "digits": ZooEntry(_digits, "small CNN trained on scikit-learn's 8x8 digits (BN, depthwise "
+                                "residual block, concat); inputs are held-out test images"),
 }
 
 

@@ -228,14 +228,7 @@ class FlattenHead(nn.Module):
 def _small(cls):
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = cls().eval()
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                with torch.no_grad():
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.2)
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
+        model = zoo.randomize_norms(cls())
         return model, (torch.randn(2, 3, 8, 8),)
 
 

@@ -1,0 +1,150 @@
+"""`fxforge bench --quick` end to end: the JSON follows bench/schema.json, the markdown table and
+the PNG plots are written, and systems that cannot run (no GPU, not built yet, failing) are
+reported with their reason without aborting the run.
+
+torch.compile is left out of the run (its first compile alone takes ~20 s on a 2-core CPU); the
+adapter is the same code path as every other system.
+"""
+
+import json
+
+import pytest
+import torch
+
+from bench import harness, report
+from bench.models import quick_models
+from bench.systems import Eager, Prepared, System
+from compiler.__main__ import main
+
+SYSTEMS = ["eager-fp32", "eager-fp16", "onnxruntime-fp32", "onnxruntime-int8", "fxforge-reference",
+           "fxforge-cpu", "fxforge-cpu-int8", "fxforge-cuda"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["bench", "--quick", "--no-progress", "--systems", ",".join(SYSTEMS),
+                 "--out", str(out)])
+    assert code == 0
+    (path,) = out.glob("*.json")
+    return out, json.loads(path.read_text())
+
+
+def _rows(doc, **match):
+    return [r for r in doc["results"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_json_follows_the_schema(run):
+    _, doc = run
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, report.load_schema())
+    report.validate(doc)
+    assert doc["schema"] == "fxforge-bench" and doc["schema_version"] == 1
+    machine = doc["machine"]
+    assert machine["device"] == "cpu" and machine["cpu"] and machine["libraries"]["torch"]
+    assert doc["options"]["quick"] is True
+
+
+def test_schema_rejects_a_row_without_reason(run):
+    _, doc = run
+    bad = json.loads(json.dumps(doc))
+    row = next(r for r in bad["results"] if r["status"] == "unavailable")
+    row["reason"] = None
+    with pytest.raises(ValueError, match="schema"):
+        report.validate(bad)
+
+
+def test_every_case_reports_every_system_once(run):
+    _, doc = run
+    cases = {(r["model"], r["batch"]) for r in doc["results"]}
+    assert cases == {("mlp", 8), ("digits", 8)}
+    for model, batch in cases:
+        assert sorted(r["system"] for r in _rows(doc, model=model, batch=batch)) == sorted(SYSTEMS)
+
+
+def test_markdown_and_plots_are_written(run):
+    out, doc = run
+    (md,) = out.glob("*.md")
+    text = md.read_text()
+    assert "## Speedup vs eager float32" in text and "| mlp | 8 |" in text
+    assert "fxforge-cpu" in text and "onnxruntime-int8" in text
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name.rsplit("-", 1)[1] for p in pngs] == ["latency.png", "speedup.png"]
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 300_000
+        assert png.name in text
+
+
+def test_unavailable_systems_are_reported_with_a_reason(run):
+    out, doc = run
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for row in _rows(doc, system="fxforge-cuda") + _rows(doc, system="eager-fp16"):
+        assert row["status"] == "unavailable" and "no CUDA device" in row["reason"]
+        assert row["latency_ms"] is None
+    for row in _rows(doc, system="fxforge-cpu-int8"):
+        assert row["status"] == "unavailable" and "not implemented" in row["reason"]
+    by_name = {s["name"]: s for s in doc["systems"]}
+    assert not by_name["fxforge-cuda"]["available"] and by_name["fxforge-cuda"]["reason"]
+    text = next(out.glob("*.md")).read_text()
+    assert "## Not run on this machine" in text and "| fxforge-cuda | no CUDA device" in text
+
+
+def test_figures_of_systems_that_ran(run):
+    _, doc = run
+    for row in _rows(doc, status="ok"):
+        lat = row["latency_ms"]
+        assert 0 < lat["p10"] <= lat["median"] <= lat["p90"], row
+        assert row["throughput_per_s"] == pytest.approx(row["batch"] / lat["median"] * 1e3)
+        assert row["speedup_vs_eager"] > 0 and row["size_mb"] > 0
+        assert row["error"]["cosine"] > 0.99, row
+    for model in ("mlp", "digits"):
+        eager, cpu, ref = (_rows(doc, model=model, system=s)[0]
+                           for s in ("eager-fp32", "fxforge-cpu", "fxforge-reference"))
+        assert eager["speedup_vs_eager"] == 1.0 and eager["error"]["max_abs"] == 0
+        for row in (cpu, ref):
+            assert row["status"] == "ok" and row["error"]["max_abs"] < 1e-4
+            assert row["compile_s"]["cold"] > 0 and row["compile_s"]["warm"] > 0
+    for system in ("eager-fp32", "fxforge-cpu", "onnxruntime-fp32", "onnxruntime-int8"):
+        (row,) = _rows(doc, model="digits", system=system)
+        assert row["status"] == "ok" and row["accuracy"] >= 0.9, row
+
+
+class _Broken(System):
+    name, kind = "broken", "fxforge"
+
+    def prepare(self, case):
+        raise RuntimeError("kaboom\nsecond line")
+
+
+class _Slow(System):
+    name, kind = "slow", "fxforge"
+
+    def skip(self, case):
+        return "skipped: too slow"
+
+    def prepare(self, case) -> Prepared:
+        raise AssertionError("a skipped system is never prepared")
+
+
+def test_a_failing_system_is_reported_and_the_run_goes_on():
+    spec = quick_models()["mlp"]
+    opts = harness.resolve(harness.build_namespace(["--quick", "--no-progress"]))
+    errors: list[str] = []
+    with harness.scratch_dir() as work:
+        rows = harness.run_case(spec, 2, True, [Eager("fp32"), _Broken(), _Slow()], opts,
+                                torch.device("cpu"), work, harness.Progress(3, False), errors)
+    by_system = {r["system"]: r for r in rows}
+    assert by_system["broken"]["status"] == "failed"
+    assert by_system["broken"]["reason"] == "RuntimeError: kaboom"
+    assert by_system["slow"]["status"] == "skipped"
+    assert by_system["eager-fp32"]["status"] == "ok"
+    assert by_system["eager-fp32"]["latency_ms"]["median"] > 0
+    assert errors and "kaboom" in errors[0]
+
+
+def test_unknown_names_are_usage_errors(capsys):
+    assert main(["bench", "--quick", "--models", "nope"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--systems", "nope"]) == 2
