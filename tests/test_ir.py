@@ -111,8 +111,9 @@ def test_zero_channel_prob_zeroes_whole_conv_channels():
 
     zeroed = []
 
-    @settings(max_examples=40, deadline=None, database=None)
-    @given(random_graphs(zero_channel_prob=0.5))
+    # derandomized: the "some conv was partly zeroed" claim below is about the whole run
+    @settings(max_examples=100, deadline=None, database=None, derandomize=True)
+    @given(random_graphs(zero_channel_prob=0.5, ops=("conv2d", "relu", "add", "cat")))
     def some_zero(g):
         for conv in (n for n in g.nodes if n.op == "conv2d"):
             weight = g.constant(conv.inputs[1])
