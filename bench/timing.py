@@ -17,24 +17,8 @@ def interleaved(systems: dict[str, Callable[[], object]], repeats: int = 30,
                 warmup: int = 3) -> dict[str, dict[str, float]]:
     """Median / p10 / p90 seconds per system; round r runs every system once, in a rotated
     order, so drift in machine load hits all of them alike."""
-    names = list(systems)
-    with torch.no_grad():
-        for _ in range(warmup):
-            for name in names:
-                systems[name]()
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(repeats):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                start = time.perf_counter()
-                systems[name]()
-                samples[name].append(time.perf_counter() - start)
-    result = {}
-    for name, times in samples.items():
-        deciles = statistics.quantiles(times, n=10)
-        result[name] = {"median_s": statistics.median(times), "p10_s": deciles[0],
-                        "p90_s": deciles[-1], "repeats": repeats}
-    return result
+    samples = interleaved_samples(systems, repeats, warmup)
+    return {name: summarize(times) for name, times in samples.items()}
 
 
 def machine() -> dict[str, object]:
@@ -52,32 +36,8 @@ def machine() -> dict[str, object]:
 def interleaved_samples(systems: dict[str, Callable[[], object]], repeats: int = 30,
                         warmup: int = 3, cuda: bool = False) -> dict[str, list[float]]:
     """Like `interleaved`, but returns every timed sample (seconds) per system. cuda=True times
-    each call with CUDA events on the current stream (GPU time between two events around the
-    call; the host waits for the end event before the next call)."""
-    names = list(systems)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    with torch.no_grad():
-        for _ in range(warmup):
-            for name in names:
-                systems[name]()
-        if cuda:
-            torch.cuda.synchronize()
-        for r in range(repeats):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                if cuda:
-                    start = torch.cuda.Event(enable_timing=True)
-                    end = torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    systems[name]()
-                    end.record()
-                    end.synchronize()
-                    samples[name].append(start.elapsed_time(end) / 1e3)
-                else:
-                    start_s = time.perf_counter()
-                    systems[name]()
-                    samples[name].append(time.perf_counter() - start_s)
-    return samples
+    each call with CUDA events on the current stream."""
+    return interleaved_blocks(systems, {}, repeats, warmup, cuda)
 
 
 def summarize(times: list[float]) -> dict[str, float]:
@@ -92,7 +52,7 @@ def summarize(times: list[float]) -> dict[str, float]:
 def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str, int],
                        repeats: int = 30, warmup: int = 3,
                        cuda: bool = False) -> dict[str, list[float]]:
-    """`interleaved_samples` where each sample is the mean time of `calls[name]` back-to-back
+    """Interleaved timing where each sample is the mean time of `calls[name]` back-to-back
     calls: for sub-millisecond systems, the cost of switching from another runtime (its thread
     pool waking up, cold caches) is spread over the block instead of landing on every call,
     while rounds still rotate so that drift in machine load hits every system alike."""
