@@ -30,7 +30,8 @@ class BenchModel:
     reference_ok: bool = False  # the numpy reference interpreter finishes in a few seconds
     accuracy: bool = False  # held-out accuracy is measured (digits)
     notes: str = ""
-    calibration: Callable[[int], list[tuple]] | None = field(default=None, repr=False)
+    # example inputs -> calibration batches (int8 systems)
+    calibration: Callable[[tuple], list[tuple]] | None = field(default=None, repr=False)
 
 
 class Outputs(nn.Module):
@@ -113,24 +114,22 @@ def _zoo(name: str) -> Callable[[int], tuple]:
     return lambda batch: zoo.build(name, batch)
 
 
-def _calibrate_like(build: Callable[[int], tuple], samples: int = 4) -> Callable[[int], list]:
-    """Calibration inputs for int8: fresh random inputs of the same kind (another seed)."""
-
-    def make(batch: int) -> list[tuple]:
-        _, example = build(batch)
-        out = []
-        with torch.random.fork_rng():
-            torch.manual_seed(1234)
-            for _ in range(max(1, samples // batch)):
-                out.append(tuple(torch.randint_like(x, 0, int(x.max()) + 1)
-                                 if not x.is_floating_point() else torch.randn_like(x)
-                                 for x in example))
-        return out
-
-    return make
+def _calibrate_random(example: tuple, samples: int = 4) -> list[tuple]:
+    """Calibration inputs for int8: fresh random inputs like the example (another seed):
+    normal floats, integers (token ids) in the example's range."""
+    batch = example[0].shape[0]
+    out = []
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        for _ in range(max(1, samples // batch)):
+            out.append(tuple(torch.randn_like(x) if x.is_floating_point()
+                             else torch.randint_like(x, 0, int(x.max()) + 1) for x in example))
+    return out
 
 
-def _digits_calibration(batch: int) -> list[tuple]:
+def _digits_calibration(example: tuple) -> list[tuple]:
+    """The digits model calibrates on 128 training images."""
+    batch = example[0].shape[0]
     x = zoo.digits_data().x_train[:128]
     return [(x[i:i + batch],) for i in range(0, len(x) - batch + 1, batch)][:max(1, 128 // batch)]
 
@@ -138,7 +137,7 @@ def _digits_calibration(batch: int) -> list[tuple]:
 def _spec(name: str, description: str, source: str, build: Callable, batches: tuple[int, ...],
           gpu_batches: tuple[int, ...], **kw) -> BenchModel:
     build = _seeded(build)
-    calibration = kw.pop("calibration", None) or _calibrate_like(build)
+    calibration = kw.pop("calibration", None) or _calibrate_random
     return BenchModel(name, description, source, build, batches, gpu_batches,
                       calibration=calibration, **kw)
 

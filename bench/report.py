@@ -149,7 +149,7 @@ def speedup_table(doc: dict) -> str:
         lines.append(f"| {model} | {batch} | {_num(base_ms)} | " + " | ".join(cells) + " |")
     if notes:
         lines.append("")
-        lines += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+        lines += [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
     return "\n".join(lines)
 
 
@@ -206,7 +206,13 @@ def load_line(doc: dict) -> str:
     if load.get("loadavg_start") is not None:
         parts.append(f"load average {load['loadavg_start']:.1f} at the start, "
                      f"{load['loadavg_end']:.1f} at the end")
-    return ("During the run: " + "; ".join(parts) + ".") if parts else ""
+    text = ("During the run: " + "; ".join(parts) + ".") if parts else ""
+    busy = (load.get("other_processes_pct") or 0) + (load.get("steal_pct") or 0)
+    if busy > 10:
+        text += (f" **Warning: the machine was shared ({busy:.0f}% of its CPU time went "
+                 "elsewhere); on few cores this distorts latencies (torch's OpenMP threads wait "
+                 "for a descheduled peer on every op), so re-run on a quiet machine.**")
+    return text
 
 
 def markdown(doc: dict, files: dict[str, str] | None = None) -> str:

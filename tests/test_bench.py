@@ -122,7 +122,7 @@ class _Slow(System):
     name, kind = "slow", "fxforge"
 
     def skip(self, case):
-        return "skipped: too slow"
+        return "too slow"
 
     def prepare(self, case) -> Prepared:
         raise AssertionError("a skipped system is never prepared")
