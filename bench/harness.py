@@ -17,6 +17,7 @@ import contextlib
 import gc
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -396,17 +397,19 @@ def _time(case: Case, prepared: dict[str, Prepared], rows: dict[str, dict],
     samples = interleaved_blocks(runs, calls, repeats=repeats, warmup=opts.warmup,
                                  cuda=case.device.type == "cuda")
     times = {name: summarize(s) for name, s in samples.items()}
-    base = times.get(BASELINE)
+    base = samples.get(BASELINE)
     for name, t in times.items():
         row = rows[name]
         row["latency_ms"] = {"median": t["median_s"] * 1e3, "p10": t["p10_s"] * 1e3,
                              "p90": t["p90_s"] * 1e3, "repeats": repeats,
                              "calls_per_sample": calls[name],
+                             "samples": [x * 1e3 for x in samples[name]],
                              "timer": "cuda_events" if case.device.type == "cuda"
                              else "perf_counter"}
         row["throughput_per_s"] = case.batch / t["median_s"]
-        if base is not None:
-            row["speedup_vs_eager"] = base["median_s"] / t["median_s"]
+        if base is not None:  # paired: eager and this system in the same round
+            row["speedup_vs_eager"] = statistics.median(
+                b / x for b, x in zip(base, samples[name]))
     for name, fn in runs.items():
         memory = PeakMemory(case.device)
         gc.collect(1)

@@ -229,9 +229,10 @@ def markdown(doc: dict, files: dict[str, str] | None = None) -> str:
         f"~{o['block_seconds'] * 1e3:g} ms, so sub-millisecond systems do not pay for the "
         f"previous runtime's threads on every call) after {o['warmup']} warm-up round(s); "
         f"{o['min_repeats']}–{o['max_repeats']} rounds per case, as many as fit "
-        f"{o['case_seconds']:g} s; p10–p90 over the rounds. Speedup = "
-        f"{BASELINE} median / system median from the same rounds (>1: faster than eager). Run "
-        f"took {doc['duration_s']:.0f} s.",
+        f"{o['case_seconds']:g} s; p10–p90 over the rounds. Speedup = median over the rounds "
+        f"of {BASELINE}'s time / the system's time in the same round (paired, so that a "
+        f"change of machine load between rounds cancels; >1: faster than eager). Run took "
+        f"{doc['duration_s']:.0f} s.",
         "",
         "## Speedup vs eager float32",
         "",
@@ -274,8 +275,8 @@ def markdown(doc: dict, files: dict[str, str] | None = None) -> str:
 
 def summary(doc: dict) -> str:
     return (f"fxforge bench, {machine_line(doc)}\n{load_line(doc)}\n\nspeedup vs {BASELINE} "
-            f"(median latency "
-            f"ratio):\n\n{speedup_table(doc)}\n\nrun took {doc['duration_s']:.0f} s")
+            f"(median of per-round latency "
+            f"ratios):\n\n{speedup_table(doc)}\n\nrun took {doc['duration_s']:.0f} s")
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def plot_speedup(doc: dict, path: Path) -> None:
     ax.set_yscale("log", base=2)
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xticks(range(len(cases)), [f"{m}\nbatch {b}" for m, b in cases], fontsize=8)
-    ax.set_ylabel(f"speedup vs {BASELINE} (median latency ratio)", fontsize=8)
+    ax.set_ylabel(f"speedup vs {BASELINE} (median of per-round ratios)", fontsize=8)
     ax.grid(axis="y", which="both", alpha=0.25)
     ax.legend(fontsize=8, ncol=min(6, max(1, len(systems))), frameon=False,
               loc="upper center", bbox_to_anchor=(0.5, -0.16))

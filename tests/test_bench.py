@@ -97,6 +97,7 @@ def test_figures_of_systems_that_ran(run):
         lat = row["latency_ms"]
         assert 0 < lat["p10"] <= lat["median"] <= lat["p90"], row
         assert row["throughput_per_s"] == pytest.approx(row["batch"] / lat["median"] * 1e3)
+        assert len(lat["samples"]) == lat["repeats"]
         assert row["speedup_vs_eager"] > 0 and row["size_mb"] > 0
         assert row["error"]["cosine"] > 0.99, row
     for model in ("mlp", "digits"):
