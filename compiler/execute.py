@@ -8,7 +8,7 @@ differently; the declared dtype is torch's). Values are dropped after their last
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,12 +113,17 @@ class TorchProgram:
             out_dtypes = tuple(dtypes.to_torch(v.type.dtype) for v in node.outputs)
             self.steps.append((node, TORCH_IMPLS[node.op], attrs, expired, out_dtypes))
 
-    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, inputs: Sequence[torch.Tensor],
+                 observe: Callable[[str, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+        """Run the graph. `observe(name, tensor)`, given, sees every input and node result as it
+        is made (calibration collects activation statistics this way)."""
         graph = self.graph
         _check_inputs(graph, inputs)
         env: dict[str, torch.Tensor] = dict(self.constants)
         for v, x in zip(graph.inputs, inputs):
             env[v.name] = x
+            if observe is not None:
+                observe(v.name, x)
         for node, fn, attrs, expired, out_dtypes in self.steps:
             try:
                 out = fn(*[env[v.name] for v in node.inputs], **attrs)
@@ -128,6 +133,8 @@ class TorchProgram:
             results = _results(node, out)
             for v, o, dtype in zip(node.outputs, results, out_dtypes):
                 env[v.name] = o if o.dtype == dtype else o.to(dtype)
+                if observe is not None:
+                    observe(v.name, env[v.name])
             for name in expired:
                 if name not in self.constants:
                     env.pop(name, None)
