@@ -25,3 +25,7 @@ class ExecutionError(FxforgeError, RuntimeError):
 
 class PipelineError(FxforgeError, ValueError):
     """An unknown pass name, or a pass that broke the IR (named, with the verifier's message)."""
+
+
+class CalibrationError(FxforgeError, ValueError):
+    """Calibration data or statistics that cannot give int8 ranges (names the sample and input)."""
