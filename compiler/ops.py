@@ -51,7 +51,7 @@ class OpDef:
     attrs: Mapping[str, AttrSpec]
     infer: Callable[[Types, Attrs], tuple[TensorType, ...]] | None  # None: types are given
     reference: Callable[..., Any] | None
-    kind: str  # elementwise | reduction | layout | compute | source | opaque
+    kind: str  # elementwise | reduction | layout | compute | source | quant | opaque
     flops: Callable[[Types, tuple[TensorType, ...], Attrs], int] = field(default=None)  # type: ignore[assignment]
     doc: str = ""
 
@@ -108,7 +108,31 @@ def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...
         raise OpTypeError(f"{opdef.name} takes {want} inputs, got {n}")
     if opdef.infer is None:
         raise OpTypeError(f"{opdef.name} has no type inference; its types must be given")
-    return tuple(opdef.infer(ins, attrs))
+    types = tuple(opdef.infer(ins, attrs))
+    if opdef.name in QUANT_TRANSPARENT:
+        types = _pass_quant(opdef.name, ins, types)
+    return types
+
+
+# Ops that only move or select elements run on int8 values unchanged and keep their input's
+# quantization (docs/quantized-ir.md); max_pool2d commutes with monotonic quantization.
+QUANT_TRANSPARENT = frozenset({"reshape", "permute", "slice", "select", "squeeze", "unsqueeze",
+                               "expand", "split", "cat", "max_pool2d", "identity"})
+
+
+def _pass_quant(op: str, ins: Types, types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
+    quants = {t.quant for t in ins}
+    if len(quants) > 1:
+        raise OpTypeError(f"{op}: inputs are quantized differently "
+                          f"({', '.join(str(t) for t in ins)}); they must share one scale and "
+                          "zero point")
+    quant = ins[0].quant if ins else None
+    if quant is None:
+        return types
+    if quant.axis is not None:
+        raise OpTypeError(f"{op}: a per-axis quantized input (axis {quant.axis}) cannot pass "
+                          "through a layout op")
+    return tuple(TensorType(t.shape, t.dtype, quant) for t in types)
 
 
 def build_node(op: str, inputs: Sequence[Value], attrs: Mapping[str, Any], names: Sequence[str],
@@ -776,6 +800,12 @@ _DECLS: list[OpDef] = [
 ]
 
 OPS: dict[str, OpDef] = {d.name: d for d in _DECLS}
+
+# The quantized ops (docs/quantized-ir.md) are declared in compiler/quant_ops.py from this
+# module's pieces, so they are imported here, at the end, once those pieces exist.
+from compiler import quant_ops  # noqa: E402
+
+OPS.update({d.name: d for d in quant_ops.declarations()})
 
 
 def get(name: str) -> OpDef:
