@@ -118,9 +118,12 @@ class PassRecord:
 
 
 class PassManager:
-    def __init__(self, pipeline: str | Sequence[str], debug: DebugOptions | None = None):
+    def __init__(self, pipeline: str | Sequence[str], debug: DebugOptions | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None):
         self.names = parse_pipeline(pipeline)
         self.debug = debug or DebugOptions()
+        # keyword options of individual passes, by pass name (quantize: ranges, keep_float)
+        self.options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (options or {}).items()}
 
     def _emit(self, title: str, text: str) -> None:
         stream = self.debug.stream or sys.stderr
@@ -152,7 +155,7 @@ class PassManager:
                 self._emit(f"IR before {name}", print_graph(graph))
             start = time.perf_counter()
             try:
-                new, stats = passes.PASSES[name](graph)
+                new, stats = passes.PASSES[name](graph, **self.options.get(name, {}))
             except Exception as e:
                 raise PipelineError(f"pass {name!r} failed: {type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - start

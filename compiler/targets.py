@@ -25,14 +25,15 @@ class Target:
 _FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "remove-pruned-channels",
           "canonicalize", "fuse", "dce")
 
+# int8: the float pipeline, then quantize (see passes/quantize.py) and a last cleanup.
+_INT8 = (*_FLOAT, "quantize", "dce")
+
 _TARGETS = [
     Target("reference", "reference", "fp32", _FLOAT,
            "numpy interpreter: the executable specification, slow, for checking"),
     Target("cpu", "torch", "fp32", _FLOAT, "torch ops on the CPU (also runs CUDA tensors)"),
-    Target("reference-int8", "reference", "int8", (), "numpy interpreter of quantized IR",
-           missing="int8 quantization (quantize pass, calibration) is not built yet"),
-    Target("cpu-int8", "torch", "int8", (), "int8 arithmetic with torch._int_mm",
-           missing="int8 quantization (quantize pass, calibration) is not built yet"),
+    Target("reference-int8", "reference", "int8", _INT8, "numpy interpreter of quantized IR"),
+    Target("cpu-int8", "torch", "int8", _INT8, "int8 arithmetic with torch._int_mm"),
     Target("cuda", "triton", "fp32", (), "generated Triton kernels, torch fallback",
            missing="the Triton backend is not built yet"),
     Target("cuda-fp16", "triton", "fp16", (), "Triton kernels in fp16",

@@ -16,9 +16,10 @@ from passes.dce import dce
 from passes.fold_batchnorm import fold_batchnorm
 from passes.fold_constants import fold_constants
 from passes.fuse import fuse
+from passes.quantize import quantize
 from passes.remove_pruned_channels import remove_pruned_channels
 
-PassFn = Callable[[Graph], tuple[Graph, dict]]
+PassFn = Callable[..., tuple[Graph, dict]]  # (graph, **options) -> (graph, stats)
 
 PASSES: dict[str, PassFn] = {
     "canonicalize": canonicalize,
@@ -28,4 +29,5 @@ PASSES: dict[str, PassFn] = {
     "fold-batchnorm": fold_batchnorm,
     "remove-pruned-channels": remove_pruned_channels,
     "fuse": fuse,
+    "quantize": quantize,
 }
