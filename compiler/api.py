@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from compiler.errors import InputError
 from compiler.execute import TorchProgram, run_reference
 from compiler.ir import Graph
 from compiler.pipeline import DebugOptions, PassManager, parse_pipeline
+from compiler.quantization import Quantization, QuantOptions
 from compiler.report import CompileRecord, Report, count_flops, count_params
 from compiler.targets import Target, get_target
 
@@ -69,8 +70,12 @@ class CompiledModel:
     """A model compiled by fxforge: call it like the original module."""
 
     def __init__(self, model: torch.nn.Module, target: Target, pipeline: tuple[str, ...],
-                 debug: DebugOptions):
+                 debug: DebugOptions, quant: QuantOptions | None = None):
         self._model = model
+        self._quant = None
+        if quant is not None and "quantize" in pipeline:
+            float_passes = pipeline[:pipeline.index("quantize")]
+            self._quant = Quantization(model, quant, float_passes, debug)
         self.target = target.name
         self._target = target
         self._manager = PassManager(pipeline, debug)
@@ -152,6 +157,9 @@ class CompiledModel:
         if key is None:
             args, kwargs = self._bind(args, kwargs)
             key, _ = self._key(args, kwargs)
+        if self._quant is not None:
+            self._quant.prepare(n_inputs=len(args))
+            self._manager.options["quantize"] = self._quant.pass_options()
         captured = capture(self._model, args, kwargs)
         names = self._leaf_names(args, kwargs)
         signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
@@ -162,7 +170,8 @@ class CompiledModel:
             signature, captured.export_seconds, captured.convert_seconds, records,
             len(before.nodes), len(graph.nodes), count_params(before), count_params(graph),
             count_flops(before), count_flops(graph), list(captured.fallbacks),
-            list(captured.warnings)))
+            list(captured.warnings),
+            self._quant.analysis if self._quant is not None else None))
         entry = _Entry(captured, graph, key[1])
         self._entries[key] = entry
         self._latest = entry
@@ -246,8 +255,10 @@ def output_names(captured: Captured) -> list[str]:
 
 
 def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any = None,  # noqa: A001
-            calibration: Any = None, passes: str | list[str] | None = None, debug: Any = None,
-            **options: Any) -> CompiledModel:
+            calibration: Any = None, calibration_method: str = "minmax",
+            percentile: float = 99.99, min_sqnr: float | None = None,
+            keep_float: Sequence[str] = (), passes: str | list[str] | None = None,
+            debug: Any = None, **options: Any) -> CompiledModel:
     """Compile `model` for `target` (see `compiler.TARGETS`).
 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
@@ -255,17 +266,30 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         first call and again for each new input signature.
     passes: the pipeline as a list or comma-separated string of pass names (default: the
         target's). debug: instruments of the PassManager (see `compiler.pipeline`).
+
+    int8 targets (`cpu-int8`, `reference-int8`):
+    calibration: an iterable of samples (a tensor, or a tuple/list with one tensor per positional
+        input; a DataLoader over the inputs works) for static activation scales; None: dynamic
+        quantization (scales computed at run time). calibration_method: minmax, percentile (at
+        `percentile`), entropy (KL divergence) or mse. min_sqnr: layers whose own output SQNR on
+        the calibration data is below this (dB) stay float. keep_float: module paths (or value
+        names) to keep float. The report (`compiled.report`) has the per-layer SQNR table.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"compile() expects a torch.nn.Module, got {type(model).__name__}")
     info = get_target(target)
     if options:
         raise TypeError(f"compile() got unknown option(s) {sorted(options)} for target {target!r}")
-    if calibration is not None and info.precision != "int8":
-        warnings.warn(f"calibration data is only used by int8 targets; target {target!r} "
-                      "ignores it", stacklevel=2)
+    int8 = info.precision == "int8"
+    if not int8 and (calibration is not None or min_sqnr is not None or keep_float):
+        warnings.warn(f"calibration, min_sqnr and keep_float are only used by int8 targets; "
+                      f"target {target!r} ignores them", stacklevel=2)
+    if isinstance(keep_float, str):
+        keep_float = (keep_float,)
+    quant = QuantOptions(calibration, calibration_method, percentile, min_sqnr,
+                         tuple(keep_float)) if int8 else None
     pipeline = info.pipeline if passes is None else parse_pipeline(passes)
-    compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug))
+    compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant)
     if example_inputs is not None:
         args, kwargs = _normalize_example(example_inputs)
         compiled._compile_for(args, kwargs)

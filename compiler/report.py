@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compiler import ops
 from compiler.capture import Fallback
 from compiler.ir import Graph
 from compiler.pipeline import PassRecord
+
+if TYPE_CHECKING:
+    from compiler.quantization import QuantAnalysis
 
 
 def count_params(graph: Graph) -> int:
@@ -42,6 +45,7 @@ class CompileRecord:
     flops_after: int
     fallbacks: list[Fallback] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    quantization: QuantAnalysis | None = None  # int8 targets with calibration data
 
 
 def _si(n: float) -> str:
@@ -102,7 +106,7 @@ class Report:
             lines.append(f"{p.name:24}{p.seconds * 1e3:>8.1f}ms{'yes' if p.changed else 'no':>9}"
                          f"{f'{p.nodes_before}->{p.nodes_after}':>14}  {details}")
             for key, notes in p.stats.items():
-                if isinstance(notes, list) and notes:
+                if isinstance(notes, list) and notes and all(isinstance(n, str) for n in notes):
                     lines.append(f"{'':26}{key}:")
                     lines += [f"{'':28}{note}" for note in notes]
         if r.fallbacks:
@@ -111,6 +115,27 @@ class Report:
                 lines.append(f"  %{f.value} at {f.module or '<top>'}: {f.aten} ({f.reason})")
         else:
             lines += ["", "fallbacks: none (every op is in the IR)"]
+        if r.quantization is not None:
+            lines += ["", *quantization_lines(r.quantization)]
         for w in r.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
+
+
+def quantization_lines(q: QuantAnalysis) -> list[str]:
+    """The int8 accuracy table: SQNR per quantized layer (local: the layer alone on the float
+    model's input; through: in the quantized model), what stayed float, end-to-end error."""
+    lines = [f"int8 accuracy on {q.samples} calibration sample(s), {q.method} calibration "
+             "(SQNR in dB vs the float model; higher is better)",
+             f"  {'layer':36}{'op':9}{'mode':9}{'out':5}{'local':>8}{'through':>9}"]
+    for lay in q.layers:
+        lines.append(f"  {lay.module[:35]:36}{lay.op:9}{lay.mode:9}{lay.out:5}"
+                     f"{lay.sqnr_local_db:>8.1f}{lay.sqnr_through_db:>9.1f}")
+    for i, o in enumerate(q.outputs):
+        lines.append(f"  output {i}: SQNR {o['sqnr_db']:.1f} dB, cosine {o['cosine']:.5f}, "
+                     f"max abs error {o['max_abs_error']:.3g}")
+    if q.min_sqnr is not None:
+        lines.append(f"  kept in float by min_sqnr={q.min_sqnr:g} dB: "
+                     f"{len(q.kept_by_min_sqnr) or 'none'}")
+        lines += [f"    {k}" for k in q.kept_by_min_sqnr]
+    return lines

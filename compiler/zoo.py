@@ -420,3 +420,27 @@ def build(name: str, batch: int = 1) -> tuple[nn.Module, tuple]:
     if name not in ZOO:
         raise KeyError(f"no zoo model {name!r}; available: {', '.join(ZOO)}")
     return ZOO[name].build(batch)
+
+
+def calibration_data(name: str, batch: int = 1, batches: int = 8) -> list[tuple]:
+    """Calibration samples for a zoo model: the digits model gets batches of its training
+    images; other models random inputs like their example (normal floats; integer token ids in
+    the example's range), which is what their random weights were made for."""
+    if name == "digits":
+        x = digits_data().x_train
+        reps = -(-batch * batches // len(x))
+        x = x.repeat(reps, 1, 1, 1)
+        return [(x[i * batch:(i + 1) * batch].clone(),) for i in range(batches)]
+    _, example = build(name, batch)
+    generator = torch.Generator().manual_seed(1)
+    samples = []
+    for _ in range(batches):
+        sample = []
+        for t in example:
+            if t.is_floating_point():
+                sample.append(torch.randn(t.shape, generator=generator, dtype=t.dtype))
+            else:
+                high = int(t.max()) + 1
+                sample.append(torch.randint(0, high, t.shape, generator=generator, dtype=t.dtype))
+        samples.append(tuple(sample))
+    return samples

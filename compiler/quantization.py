@@ -1,0 +1,279 @@
+"""Post-training int8 quantization for a compiled model: calibration, the `quantize` pass's
+options, and the accuracy analysis the report shows.
+
+One `Quantization` belongs to one `CompiledModel`. It calibrates once, on the float IR (the
+target's pipeline up to `quantize`): every calibration sample runs through that graph with torch
+and an observer sees every float value (`compiler.calibration`). Samples of another shape (the
+last, smaller batch of a DataLoader) get their own capture; values are matched by name, which
+capture derives from the model's code, not from shapes.
+
+Accuracy is measured on the first `eval_samples` calibration samples, per quantized layer
+(named by module path), as SQNR = 10 log10(sum f^2 / sum (f - q)^2) of its output q against the
+float model's f, two ways:
+- local: the layer alone, quantized, fed the float model's own input to it. This is the error
+  the layer itself adds; `min_sqnr` keeps layers below it in float.
+- through: in the quantized model, where errors of earlier layers accumulate.
+and end to end: SQNR, cosine similarity and max abs error of each model output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from compiler.calibration import ActivationStats, iter_samples
+from compiler.capture import Captured, capture
+from compiler.errors import CalibrationError, FxforgeError
+from compiler.execute import TorchProgram
+from compiler.ir import Graph, Node
+from compiler.pipeline import DebugOptions, PassManager
+from passes.quantize import quantize_graph
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What `compile(...)` was told about int8 quantization."""
+
+    calibration: Any = None  # iterable of input tuples / tensors; None: dynamic quantization
+    method: str = "minmax"
+    percentile: float = 99.99
+    min_sqnr: float | None = None  # dB; layers whose local SQNR is lower stay float
+    keep_float: tuple[str, ...] = ()  # module paths or value names to keep in float
+    eval_samples: int = 8
+
+
+@dataclass
+class LayerAccuracy:
+    module: str
+    op: str
+    mode: str  # static | dynamic
+    out: str  # i8 | f32
+    sqnr_local_db: float
+    sqnr_through_db: float
+
+
+@dataclass
+class QuantAnalysis:
+    """What the report shows about int8: per layer SQNR, what stayed float, end-to-end error."""
+
+    samples: int
+    method: str
+    layers: list[LayerAccuracy]
+    kept_by_min_sqnr: list[str]
+    outputs: list[dict[str, float]]  # per model output: sqnr_db, cosine, max_abs_error
+    min_sqnr: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Power:
+    """Streaming SQNR: sums of signal and noise power over samples."""
+
+    def __init__(self) -> None:
+        self.signal = 0.0
+        self.noise = 0.0
+
+    def add(self, ref: torch.Tensor, got: torch.Tensor) -> None:
+        ref64, got64 = ref.detach().double(), got.detach().double()
+        self.signal += float((ref64 * ref64).sum())
+        self.noise += float(((ref64 - got64) ** 2).sum())
+
+    @property
+    def db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.noise)
+
+
+def as_float(t: torch.Tensor, node: Node | None) -> torch.Tensor:
+    """An int8 result as the real numbers it stands for (its type's scale and zero point)."""
+    if t.dtype != torch.int8 or node is None:
+        return t.float()
+    q = node.outputs[0].type.quant
+    return (t.to(torch.int32) - q.zero_point[0]).float() * q.scale[0]
+
+
+class Quantization:
+    def __init__(self, model: torch.nn.Module, options: QuantOptions,
+                 float_pipeline: Sequence[str], debug: DebugOptions):
+        if options.method not in METHODS:
+            raise ValueError(f"calibration_method={options.method!r}; choose one of "
+                             f"{', '.join(METHODS)}")
+        if not 0 < options.percentile <= 100:
+            raise ValueError(f"percentile={options.percentile!r} must be in (0, 100]")
+        self.model = model
+        self.options = options
+        self.float_pipeline = tuple(float_pipeline)
+        self.debug = debug
+        self.ranges: dict[str, tuple[float, float]] | None = None
+        self.keep_float: tuple[str, ...] = tuple(options.keep_float)
+        self.analysis: QuantAnalysis | None = None
+        self._graphs: dict[tuple, tuple[Captured, Graph]] = {}
+        self._eval: list[tuple] = []
+        self._prepared = False
+
+    # --- calibration ---
+
+    def _float_graph(self, args: tuple, index: int) -> tuple[Captured, Graph]:
+        key = tuple((tuple(a.shape), str(a.dtype)) if isinstance(a, torch.Tensor) else repr(a)
+                    for a in args)
+        if key not in self._graphs:
+            try:
+                captured = capture(self.model, args, {})
+                graph, _ = PassManager(self.float_pipeline, self.debug).run(captured.graph)
+            except FxforgeError as e:
+                raise CalibrationError(f"calibration sample {index} does not fit the model: "
+                                       f"{e}") from e
+            self._graphs[key] = (captured, graph)
+        return self._graphs[key]
+
+    @staticmethod
+    def _graph_inputs(captured: Captured, args: tuple) -> list[torch.Tensor]:
+        leaves = pytree.tree_flatten((args, {}))[0]
+        return [leaves[i] for i in captured.input_leaves]
+
+    def prepare(self, n_inputs: int | None) -> None:
+        """Calibrate (once) and decide what stays float; then `pass_options` is ready."""
+        if self._prepared:
+            return
+        self._prepared = True
+        data = self.options.calibration
+        if data is None:
+            return
+        stats: ActivationStats | None = None
+        programs: dict[int, TorchProgram] = {}
+        from tqdm.auto import tqdm
+
+        samples = iter_samples(data, n_inputs)
+        with torch.no_grad():
+            for index, args in enumerate(tqdm(samples, desc="calibrating", unit="sample",
+                                              leave=False, disable=None)):
+                captured, graph = self._float_graph(args, index)
+                if stats is None:
+                    stats = ActivationStats(_float_values(graph))
+                program = programs.get(id(graph))
+                if program is None:
+                    program = programs[id(graph)] = TorchProgram(graph, torch.device("cpu"))
+                program(self._graph_inputs(captured, args), observe=stats)
+                if len(self._eval) < self.options.eval_samples:
+                    self._eval.append(args)
+        self.ranges = stats.ranges(self.options.method, self.options.percentile)
+        self.analysis = self.analyze(self.keep_float)
+        if self.options.min_sqnr is not None:
+            worst = [layer for layer in self.analysis.layers
+                     if layer.sqnr_local_db < self.options.min_sqnr]
+            if worst:
+                self.keep_float += tuple(layer.module for layer in worst)
+                kept = [f"{layer.module}: local SQNR {layer.sqnr_local_db:.1f} dB < "
+                        f"{self.options.min_sqnr:g} dB" for layer in worst]
+                self.analysis = self.analyze(self.keep_float)
+                self.analysis.kept_by_min_sqnr = kept
+            self.analysis.min_sqnr = self.options.min_sqnr
+
+    def pass_options(self) -> dict[str, Any]:
+        return {"ranges": self.ranges, "keep_float": self.keep_float}
+
+    # --- accuracy ---
+
+    def analyze(self, keep_float: Sequence[str]) -> QuantAnalysis:
+        """SQNR per quantized layer and end to end, on the first calibration samples of the
+        first sample's shape."""
+        first = self._eval[0]
+        captured, graph = self._float_graph(first, 0)
+        qgraph, stats = quantize_graph(graph, self.ranges, keep_float)
+        layers = stats["layers"]
+        float_program = TorchProgram(graph, torch.device("cpu"))
+        quant_program = TorchProgram(qgraph, torch.device("cpu"))
+        local = {layer["float_value"]: _LocalLayer(graph, layer["float_value"], self.ranges)
+                 for layer in layers}
+        needed = set(local) | {v.name for lay in local.values() for v in lay.inputs}
+        q_producers = qgraph.producers
+        through = {layer["value"]: _Power() for layer in layers}
+        local_power = {name: _Power() for name in local}
+        outputs = [(_Power(), []) for _ in graph.outputs]
+        used = [s for s in self._eval if self._float_graph(s, 0)[1] is graph]
+        with torch.no_grad():
+            for args in used:
+                inputs = self._graph_inputs(captured, args)
+                seen, qseen = _Keep(needed), _Keep(through)
+                fouts = float_program(inputs, observe=seen)
+                qouts = quant_program(inputs, observe=qseen)
+                for layer in layers:
+                    ref = seen[layer["float_value"]]
+                    through[layer["value"]].add(ref, as_float(qseen[layer["value"]],
+                                                              q_producers[layer["value"]]))
+                    local_power[layer["float_value"]].add(ref, local[layer["float_value"]](seen))
+                for (power, cos), f, q in zip(outputs, fouts, qouts):
+                    if f.is_floating_point():
+                        power.add(f, q)
+                        cos.append(_error(f, q))
+        return QuantAnalysis(
+            samples=len(used), method=self.options.method,
+            layers=[LayerAccuracy(layer["module"] or layer["float_value"], layer["op"],
+                                  layer["mode"], layer["out"],
+                                  local_power[layer["float_value"]].db,
+                                  through[layer["value"]].db) for layer in layers],
+            kept_by_min_sqnr=[],
+            outputs=[{"sqnr_db": p.db, "cosine": min(c[0] for c in e) if e else math.nan,
+                      "max_abs_error": max(c[1] for c in e) if e else math.nan}
+                     for p, e in outputs],
+            notes=[f"kept float: {k}" for k in stats["kept_float"]] + stats["round_trips"])
+
+
+class _Keep(dict):
+    """An observe hook that keeps the tensors of the named values."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = frozenset(names)
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.names:
+            self[name] = tensor
+
+
+def _error(f: torch.Tensor, q: torch.Tensor) -> tuple[float, float]:
+    a, b = f.detach().double().flatten(), q.detach().double().flatten()
+    denom = float(a.norm() * b.norm())
+    cos = float(a @ b) / denom if denom > 0 else float(torch.equal(a, b))
+    return cos, float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _float_values(graph: Graph) -> list[str]:
+    names = [v.name for v in graph.inputs if v.type.dtype == "f32"]
+    names += [v.name for n in graph.nodes if n.op != "const" for v in n.outputs
+              if v.type.dtype == "f32"]
+    return names
+
+
+class _LocalLayer:
+    """One layer of the float graph alone, quantized: fed the float model's own inputs to it."""
+
+    def __init__(self, graph: Graph, value: str, ranges: dict | None):
+        node = graph.producers[value]
+        consts = [graph.producers[v.name] for v in node.inputs
+                  if v.name in graph.producers and graph.producers[v.name].op == "const"]
+        const_names = {c.outputs[0].name for c in consts}
+        self.inputs = tuple(dict.fromkeys(v for v in node.inputs if v.name not in const_names))
+        sub = Graph(self.inputs, (*consts, node), node.outputs)
+        qsub, _ = quantize_graph(sub, ranges)
+        self.program = TorchProgram(qsub, torch.device("cpu"))
+
+    def __call__(self, seen: dict[str, torch.Tensor]) -> torch.Tensor:
+        (out,) = self.program([seen[v.name] for v in self.inputs])
+        return out
+
+
+def summary_rows(analysis: QuantAnalysis) -> list[tuple[str, ...]]:
+    """The per-layer table as rows of strings (report and CLI)."""
+    return [(lay.module, lay.op, lay.mode, lay.out, f"{lay.sqnr_local_db:.1f}",
+             f"{lay.sqnr_through_db:.1f}") for lay in analysis.layers]
+
