@@ -133,8 +133,9 @@ class _Quantizer:
         if v.name not in self.as_float:
             scale, zp = new.type.quant.scale[0], new.type.quant.zero_point[0]
             provenance = where.provenance if where else Provenance()
-            node = self.rw.emit("dequantize", [new], {"scale": scale, "zero_point": zp},
-                                provenance)
+            node = self.rw.add(ops.build_node(
+                "dequantize", [new], {"scale": scale, "zero_point": zp},
+                [self.rw.names.fresh(f"{v.name}_dq")], provenance))
             self.as_float[v.name] = node.output
             reader = f"{where.op} at {where.provenance.describe()}" if where else "the output"
             self.round_trips.append(f"dequantize %{v.name} for {reader}: {why}")
@@ -148,8 +149,9 @@ class _Quantizer:
                 return new
         if v.name not in self.as_int8:
             source = self.float_of(v, "scales differ", where) if new.type.dtype == "i8" else new
-            node = self.rw.emit("quantize", [source],
-                                {"scale": params[0], "zero_point": params[1]}, where.provenance)
+            node = self.rw.add(ops.build_node(
+                "quantize", [source], {"scale": params[0], "zero_point": params[1]},
+                [self.rw.names.fresh(f"{v.name}_q")], where.provenance))
             self.as_int8[v.name] = node.output
             what = self.graph.producers.get(v.name)
             origin = f"{what.op} at {what.provenance.describe()}" if what else "a graph input"
@@ -200,7 +202,8 @@ class _Quantizer:
         has_bias, epilogue, _ = _layer_base(node)
         weight = self.graph.constant(node.inputs[1])
         w_q, w_scale = quant_math.quantize_int8_per_channel(weight)
-        inputs = [None, rw.const(w_q, node.provenance), rw.const(w_scale, node.provenance)]
+        inputs = [None, rw.const(w_q, node.provenance, prefix=f"{out.name}_wq"),
+                  rw.const(w_scale, node.provenance, prefix=f"{out.name}_wscale")]
         if has_bias:
             inputs.append(self.value[node.inputs[2].name])
         x_params = self._params(x.name) if self.static else None
@@ -211,8 +214,10 @@ class _Quantizer:
             mode = "row" if QUANTIZABLE[node.op] == "qlinear" else "tensor"
             key = (x.name, mode)
             if key not in self.dynamic:
-                dq = rw.emit("dynamic_quantize", [self.float_of(x, "dynamic quantization", node)],
-                             {"mode": mode}, node.provenance, n_outputs=2)
+                dq = rw.add(ops.build_node(
+                    "dynamic_quantize", [self.float_of(x, "dynamic quantization", node)],
+                    {"mode": mode}, [rw.names.fresh(f"{x.name}_q"),
+                                     rw.names.fresh(f"{x.name}_scale")], node.provenance))
                 self.dynamic[key] = tuple(dq.outputs)
             inputs[0], x_scale = self.dynamic[key]
             inputs.append(x_scale)

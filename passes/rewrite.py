@@ -62,11 +62,12 @@ class Rewriter:
         return self.add(ops.build_node(op, inputs, attrs or {}, names, provenance))
 
     def const(self, array: np.ndarray, provenance: Provenance = Provenance(),
-              dtype: str | None = None) -> Value:
+              dtype: str | None = None, prefix: str = "c") -> Value:
         array = np.asarray(array)
         if dtype is not None:
             array = array.astype(dtypes.to_numpy(dtype))
-        out = Value(self.names.fresh("c"), TensorType(array.shape, dtypes.from_numpy(array.dtype)))
+        out = Value(self.names.fresh(prefix), TensorType(array.shape,
+                                                         dtypes.from_numpy(array.dtype)))
         self.add(Node("const", (), (out,), Attrs({"value": ConstData(array)}), provenance))
         return out
 
