@@ -17,7 +17,7 @@ import torch
 from compiler import dtypes, ops
 from compiler.errors import ExecutionError
 from compiler.ir import Graph, Node, Value
-from kernels.torch_backend import DEVICE_AWARE_OPS, TORCH_IMPLS
+from kernels.torch_backend import DEVICE_AWARE_OPS, TORCH_IMPLS, TORCH_PREPARE
 
 
 def _last_uses(graph: Graph) -> list[list[str]]:
@@ -111,7 +111,12 @@ class TorchProgram:
             if node.op in DEVICE_AWARE_OPS:
                 attrs["device"] = device
             out_dtypes = tuple(dtypes.to_torch(v.type.dtype) for v in node.outputs)
-            self.steps.append((node, TORCH_IMPLS[node.op], attrs, expired, out_dtypes))
+            fn = TORCH_IMPLS[node.op]
+            prepare = TORCH_PREPARE.get(node.op)
+            if prepare is not None:  # e.g. an int8 weight reordered once for its kernel
+                consts = [self.constants.get(v.name) for v in node.inputs]
+                fn = prepare(consts, attrs, device) or fn
+            self.steps.append((node, fn, attrs, expired, out_dtypes))
 
     def __call__(self, inputs: Sequence[torch.Tensor],
                  observe: Callable[[str, torch.Tensor], None] | None = None) -> list[torch.Tensor]:

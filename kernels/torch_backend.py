@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from compiler import dtypes
+from kernels import torch_int8
 from kernels.opaque import call_on_tensors
 
 
@@ -56,6 +57,9 @@ def _sdpa(q, k, v, mask=None, *, is_causal, scale):
 
 
 def _max_pool2d(x, *, kernel, stride, padding, dilation, ceil_mode):
+    if x.dtype == torch.int8:  # torch's is slow on int8 and refuses it channels-last
+        return torch_int8.max_pool2d(x, kernel=kernel, stride=stride, padding=padding,
+                                     dilation=dilation, ceil_mode=ceil_mode)
     return F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
 
 
@@ -188,6 +192,12 @@ TORCH_IMPLS = {
     "fused_linear": _fused_linear,
     "fused_elementwise": _fused_elementwise,
 }
+
+# The quantized ops (docs/quantized-ir.md) with int8 arithmetic, and their one-time preparation
+# of constant inputs: TORCH_PREPARE[op](constant inputs or None, attrs, device) returns a runner
+# with the impl's signature (or None to keep the impl); TorchProgram applies it once per node.
+TORCH_IMPLS.update(torch_int8.IMPLS)
+TORCH_PREPARE = dict(torch_int8.PREPARE)
 
 
 def supports(op: str) -> bool:
