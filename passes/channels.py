@@ -8,9 +8,10 @@ across spaces. A space is *blocked* when something outside the analysis produces
 (graph inputs and outputs, opaque ops, grouped convs): its shape is fixed.
 
 Sources (conv2d with groups=1, linear on rank-2 inputs) can drop output channels; sinks (the same
-ops, reading the space as their input) can drop input channels, absorbing a constant channel
-into their bias when that is exact: always for zero, for a nonzero constant only without
-padding. A channel known to be constant is assumed finite (x * 0 == 0).
+ops, reading the space as their input) can drop input channels and absorb a constant channel
+exactly: a zero one vanishes, a nonzero one goes into the bias (linear, unpadded conv) or, for a
+zero-padded conv, into a per-position bias map (see `remove-pruned-channels`). A channel known to
+be constant is assumed finite (x * 0 == 0).
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ class UnionFind:
 
 @dataclass
 class Sink:
-    """`node` reads tracked value `value` as its input x and can drop its input channels."""
+    """`node` reads tracked value `value` as its input x and can drop its input channels,
+    absorbing any constant ones."""
 
     node: Node
     value: Value
-    absorbs_nonzero: bool
 
 
 @dataclass
@@ -169,7 +170,7 @@ def _conv2d(a: ChannelAnalysis, node: Node) -> None:
     a.track(out, _conv_consts(node, a.consts[x.name], w, b))
     if groups == 1:
         a.sources.append(node)
-        a.sinks.append(Sink(node, x, absorbs_nonzero=not any(node.attrs["padding"])))
+        a.sinks.append(Sink(node, x))
     elif groups == cin == out.type.shape[1]:
         a.spaces.union(x.name, out.name)  # depthwise: channel c in, channel c out
     else:
@@ -189,7 +190,7 @@ def _linear(a: ChannelAnalysis, node: Node) -> None:
     unknown = np.any((w != 0) & np.isnan(xc)[None, :], axis=1)
     a.track(out, np.where(unknown, np.nan, b + contrib))
     a.sources.append(node)
-    a.sinks.append(Sink(node, x, absorbs_nonzero=True))
+    a.sinks.append(Sink(node, x))
 
 
 def _batch_norm(a: ChannelAnalysis, node: Node) -> None:
@@ -335,7 +336,7 @@ def analyze(graph: Graph) -> ChannelAnalysis:
 
 def _decide(a: ChannelAnalysis) -> None:
     """Which channels of which values go: whole position components that are constant
-    everywhere, unblocked, produced by droppable sources and absorbable by every sink."""
+    everywhere, unblocked, and produced by droppable sources (every sink absorbs constants)."""
     members: dict[str, list[str]] = defaultdict(list)
     for name in a.consts:
         members[a.spaces.find(name)].append(name)
@@ -350,10 +351,6 @@ def _decide(a: ChannelAnalysis) -> None:
         known = np.all([~np.isnan(a.consts[n]) for n in names], axis=0)
         # a space must be produced by droppable sources or fed through links (cat / flatten)
         ok[root] = known & (root in sourced or _linked(a, root))
-    for sink in a.sinks:
-        root = a.spaces.find(sink.value.name)
-        if not sink.absorbs_nonzero:
-            ok[root] &= a.consts[sink.value.name] == 0
     for name_a, ca, name_b, cb in a.links:
         ra, rb = a.spaces.find(name_a), a.spaces.find(name_b)
         for i, j in zip(ca, cb):

@@ -374,7 +374,7 @@ def _bn_then_conv(shift: float, consumer: str, kernel: int) -> str:
 
 
 @pytest.mark.parametrize("shift, consumer, kernel, removed", [
-    (1.0, CONV3, 3, 0),    # constant 1 next to zero padding: removing it would change borders
+    (1.0, CONV3, 3, 1),    # constant 1 next to zero padding: removed, borders kept by a bias map
     (-1.0, CONV3, 3, 1),   # relu makes the channel exactly zero: padding is harmless
     (1.0, CONV1, 1, 1),    # no padding: the constant folds exactly into the bias
 ])
@@ -384,6 +384,91 @@ def test_zeroed_channel_with_a_batch_norm_shift(shift, consumer, kernel, removed
     after, stats = run_pass("remove-pruned-channels", folded, **EXACT)
     assert stats["channels-removed"] == removed
     assert _conv_weights(after)[0].shape[0] == 2 - removed
+
+
+def test_constant_channel_into_a_padded_conv_becomes_a_bias_map():
+    # channel 1 of %r is relu(2) = 2 everywhere; the 3x3 conv reads it with zero padding, so
+    # its contribution is 2 * (the sum of the taps that stay inside the image) at each position:
+    # 2 * (5+6+8+9) = 56 at the top-left corner, 2 * 45 = 90 in the middle
+    taps = ", ".join(f"{i}.0" for i in range(1, 10))
+    text = f"""
+    graph(%x: f32[1,1,3,3]) {{
+      %w1 = const f32[2,1,1,1] [1.0, 0.0]
+      %b1 = const f32[2] [0.0, 2.0]
+      %w3 = const f32[1,2,3,3] [{", ".join(["1.0"] * 9)}, {taps}]
+      %a = {CONV1} %x, %w1, %b1 : f32[1,2,3,3]
+      %r = relu %a : f32[1,2,3,3]
+      %y = {CONV3} %r, %w3 : f32[1,1,3,3]
+      return %y
+    }}"""
+    after, stats = run_pass("remove-pruned-channels", text, **EXACT)
+    _assert_ir(after, f"""
+    graph(%0: f32[1,1,3,3]) {{
+      %1 = const f32[1,1,1,1] [1.0]
+      %2 = const f32[1] [0.0]
+      %3 = {CONV1} %0, %1, %2 : f32[1,1,3,3]
+      %4 = relu %3 : f32[1,1,3,3]
+      %5 = const f32[1,1,3,3] [{", ".join(["1.0"] * 9)}]
+      %6 = {CONV3} %4, %5 : f32[1,1,3,3]
+      %7 = const f32[1,1,3,3] [56.0, 78.0, 48.0, 66.0, 90.0, 54.0, 32.0, 42.0, 24.0]
+      %8 = add %6, %7 : f32[1,1,3,3]
+      return %8
+    }}""")
+    assert stats["channels-removed"] == 1 and stats["bias-maps"] == 1
+    fused, _ = run_pass("fuse", after)  # the map joins the conv's epilogue
+    _assert_ir(fused, f"""
+    graph(%0: f32[1,1,3,3]) {{
+      %1 = const f32[1,1,1,1] [1.0]
+      %2 = const f32[1] [0.0]
+      %3 = fused_{CONV1[:-1]}, has_bias=true, epilogue=[{{"op": "relu"}}]] %0, %1, %2 : \
+f32[1,1,3,3]
+      %4 = const f32[1,1,3,3] [{", ".join(["1.0"] * 9)}]
+      %5 = const f32[1,1,3,3] [56.0, 78.0, 48.0, 66.0, 90.0, 54.0, 32.0, 42.0, 24.0]
+      %6 = fused_{CONV3[:-1]}, has_bias=false, epilogue=[{{"op": "add", "operand": 2, \
+"side": "right"}}]] %3, %4, %5 : f32[1,1,3,3]
+      return %6
+    }}""")
+
+
+def test_constant_channel_whose_taps_never_reach_the_padding_folds_into_the_bias():
+    # only the centre tap reads the constant channel: its contribution is the same everywhere
+    text = f"""
+    graph(%x: f32[1,1,3,3]) {{
+      %w1 = const f32[2,1,1,1] [1.0, 0.0]
+      %b1 = const f32[2] [0.0, 2.0]
+      %w3 = const f32[1,2,3,3] [{", ".join(["1.0"] * 9)}, {", ".join(["0.0"] * 4)}, 3.0, \
+{", ".join(["0.0"] * 4)}]
+      %a = {CONV1} %x, %w1, %b1 : f32[1,2,3,3]
+      %r = relu %a : f32[1,2,3,3]
+      %y = {CONV3} %r, %w3 : f32[1,1,3,3]
+      return %y
+    }}"""
+    after, stats = run_pass("remove-pruned-channels", text, **EXACT)
+    last = after.nodes[-1]
+    assert last.op == "conv2d" and after.constant(last.inputs[2]).tolist() == [6.0]
+    assert stats["channels-removed"] == 1 and "bias-maps" not in stats
+
+
+@pytest.mark.parametrize("stride, dilation, size", [(2, 1, 5), (1, 2, 6), (2, 2, 7)])
+def test_bias_map_of_strided_and_dilated_convs_is_exact(stride, dilation, size):
+    rng = np.random.default_rng(stride * 10 + dilation)
+    w3 = ", ".join(f"{v:.3f}" for v in rng.uniform(-1, 1, 3 * 3 * 3 * 3))
+    conv = (f"conv2d[stride=[{stride}, {stride}], padding=[2, 1], dilation=[{dilation}, "
+            f"{dilation}], groups=1]")
+    out = [(size + 2 * p - dilation * 2 - 1) // stride + 1 for p in (2, 1)]
+    text = f"""
+    graph(%x: f32[1,1,{size},{size}]) {{
+      %w1 = const f32[3,1,1,1] [1.0, 0.0, 0.0]
+      %b1 = const f32[3] [0.0, 0.5, -1.5]
+      %w3 = const f32[3,3,3,3] [{w3}]
+      %a = {CONV1} %x, %w1, %b1 : f32[1,3,{size},{size}]
+      %y = {conv} %a, %w3 : f32[1,3,{out[0]},{out[1]}]
+      return %y
+    }}"""
+    # the map is exact in float64; atol 1e-6 covers float32 rounding of sums near 5 (ulp 5e-7)
+    # that cancel to near 0 in a different order than the unpruned conv's
+    after, stats = run_pass("remove-pruned-channels", text, rtol=1e-6, atol=1e-6)
+    assert stats["channels-removed"] == 2 and stats["bias-maps"] == 1
 
 
 def test_graph_inputs_and_outputs_keep_their_shapes():

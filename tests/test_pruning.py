@@ -366,6 +366,44 @@ def test_bad_arguments_are_refused_clearly(kwargs, error, match):
 # --- torch.nn.utils.prune, compiled -------------------------------------------------------------
 
 
+class ZeroedFilters(nn.Module):
+    """conv -> BN -> activation -> conv with random geometry; `ln_structured`-style zeroed
+    filters in the first conv (its BN untouched), so the second conv reads nonzero constants."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(*options):
+            return options[int(torch.randint(len(options), (1,), generator=g))]
+
+        k2 = pick(1, 3, 5)
+        self.conv1 = nn.Conv2d(3, 8, pick(1, 3), padding="same", bias=pick(True, False))
+        self.bn = nn.BatchNorm2d(8)
+        self.act = pick(nn.ReLU(), nn.Identity(), nn.Hardswish(), nn.Sigmoid())
+        self.conv2 = nn.Conv2d(8, 5, k2, stride=pick(1, 2), padding=pick(0, k2 // 2, k2 - 1),
+                               dilation=pick(1, 2))
+        self.size = pick(9, 10, 13)  # >= the largest dilated kernel, 9
+        zoo.randomize_norms(self)
+        with torch.no_grad():
+            self.conv1.weight[torch.randperm(8, generator=g)[:5]] = 0
+            if self.conv1.bias is not None:
+                self.conv1.bias.uniform_(-1, 1, generator=g)
+
+    def forward(self, x):
+        return self.conv2(self.act(self.bn(self.conv1(x))))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_zeroed_filters_before_any_conv_geometry_are_removed_exactly(seed):
+    torch.manual_seed(seed)
+    model = ZeroedFilters(seed)
+    x = (torch.randn(2, 3, model.size, model.size),)
+    compiled = compile(model, "cpu", example_inputs=x)
+    torch.testing.assert_close(compiled(*x), eager(model, x), rtol=RTOL, atol=ATOL)
+    assert conv_widths(compiled.graph)["conv1"] == 3  # the five zeroed filters are gone
+
+
 @pytest.mark.filterwarnings("ignore:The tensor attributes:UserWarning")
 def test_ln_structured_resnet50_bottlenecks_compile_narrower():
     model, x = zoo.build("resnet50", 2)
@@ -384,3 +422,44 @@ def test_ln_structured_resnet50_bottlenecks_compile_narrower():
     assert len(convs) == 16
     for name, full in convs.items():
         assert widths[name] == full // 2, name
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes:UserWarning")
+def test_ln_structured_resnet18_first_convs_removed_with_bias_maps():
+    """Issue #3: `ln_structured(0.5)` on the first conv of every basic block zeroes filters but
+    not the batch norm, so each pruned channel is the constant relu(BN shift) where the block's
+    zero-padded second conv reads it; removing it is exact with a per-position bias map, which
+    `fuse` takes into that conv's epilogue. Outputs within rtol 1e-4 / atol 1e-5 of eager."""
+    model, x = zoo.build("resnet18", 2)
+    original = compile(model, "cpu", example_inputs=x)
+    pruned = copy.deepcopy(model)
+    blocks = {name: block for name, block in pruned.named_modules()
+              if isinstance(block, zoo.BasicBlock)}
+    for block in blocks.values():
+        torch_prune.ln_structured(block.conv1, "weight", amount=0.5, n=1, dim=0)
+    assert len(blocks) == 8
+    # the batch norms are untouched: most pruned channels are nonzero constants after ReLU
+    shifts = [torch.relu(b.bn1.bias - b.bn1.running_mean * b.bn1.weight
+                         / torch.sqrt(b.bn1.running_var + b.bn1.eps))[list(zero_rows(
+                             b.conv1.weight))] for b in blocks.values()]
+    assert sum(int((s != 0).sum()) for s in shifts) > 0.3 * sum(s.numel() for s in shifts)
+    compiled = compile(pruned, "cpu", example_inputs=x)
+    torch.testing.assert_close(compiled(*x), eager(pruned, x), rtol=RTOL, atol=ATOL)
+    full, small = original.report.latest, compiled.report.latest
+    assert small.params_after <= 0.55 * full.params_after, (small.params_after, full.params_after)
+    assert small.flops_after <= 0.55 * full.flops_after, (small.flops_after, full.flops_after)
+    removal = next(p for p in small.passes if p.name == "remove-pruned-channels")
+    assert removal.stats["bias-maps"] == 8
+    widths = conv_widths(compiled.graph)
+    full_widths = conv_widths(original.graph)
+    for name in blocks:
+        assert widths[f"{name}.conv1"] == full_widths[f"{name}.conv1"] // 2, name
+        assert widths[f"{name}.conv2"] == full_widths[f"{name}.conv2"], name
+    # each second conv carries its bias map, the residual add and the ReLU in its epilogue
+    second = [n for n in compiled.graph.nodes if n.provenance.module.endswith("conv2")]
+    assert len(second) == 8 and not any(n.op in ("add", "relu") for n in compiled.graph.nodes)
+    for node in second:
+        assert node.op == "fused_conv2d"
+        assert [s["op"] for s in node.attrs["epilogue"]] == ["add", "add", "relu"]
+        bias_map = node.inputs[node.attrs["epilogue"][0]["operand"]]
+        assert bias_map.type.shape == (1, *node.output.type.shape[1:])
