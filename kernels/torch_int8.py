@@ -433,6 +433,12 @@ class _OnednnLayer:
                        a["out_zero_point"])
 
 
+# oneDNN's int8 matmul runs its fast brgemm kernels only from some size on: with fewer rows
+# or a shorter reduction it falls back to a naive reference loop (seconds for [32768, 16] x
+# [16, 64]). Below these sizes the layer runs on `_int_mm` instead (torch 2.13, oneDNN 3.12).
+MATMUL_MIN_ROWS, MATMUL_MIN_K = 16, 24
+
+
 class _OnednnLinear(_OnednnLayer):
     unary_ops = ("relu", "gelu")
 
@@ -441,6 +447,12 @@ class _OnednnLinear(_OnednnLayer):
         self.n, self.k = w.shape
         self.packed = torch.ops.onednn.qlinear_prepack(w.contiguous(), None)
         self.w_zero = torch.zeros(self.n, dtype=torch.int64)
+        self.gemm = GemmWeight.of(w)  # for the sizes oneDNN would run slowly
+
+    def __call__(self, *inputs: Tensor, **attrs: Any) -> Tensor:
+        if inputs[0].numel() < MATMUL_MIN_ROWS * self.k or self.k < MATMUL_MIN_K:
+            return _qlinear_generic(inputs, self.attrs, self.gemm)
+        return super().__call__(*inputs, **attrs)
 
     def takes_operand(self, inputs: Sequence[Tensor], i: int) -> bool:
         other = inputs[i]
@@ -448,25 +460,62 @@ class _OnednnLinear(_OnednnLayer):
                 and tuple(other.shape) == (*inputs[0].shape[:-1], self.n))
 
     def run(self, inputs, x_scale, with_bias, plan, out_dtype):
-        a = self.attrs
         x = inputs[0]
-        x2 = x.reshape(-1, self.k)
+        other = None if plan.add is None else inputs[plan.add].reshape(-1, self.n)
+        y = self.matmul(x.reshape(-1, self.k), other, inputs, x_scale, with_bias, plan,
+                        out_dtype)
+        return y.reshape(*x.shape[:-1], self.n)
+
+    def matmul(self, x2, other, inputs, x_scale, with_bias, plan, out_dtype):
+        """oneDNN on rows x2 [M, K] (and the residual rows `other` [M, N] if plan.add)."""
+        a = self.attrs
         w_scale = inputs[2].float()
         bias = inputs[3].float() if with_bias else None
         i8 = out_dtype == "i8"
         o_scale, o_zp = (a["out_scale"], a["out_zero_point"]) if i8 else (1.0, 0)
         o_dtype = torch.int8 if i8 else torch.float32
         zp = a["x_zero_point"]
-        if plan.add is None:
-            y = torch.ops.onednn.qlinear_pointwise(
+        if other is None:
+            return torch.ops.onednn.qlinear_pointwise(
                 x2, x_scale, zp, self.packed, w_scale, self.w_zero, bias, o_scale, o_zp,
                 o_dtype, *plan.unary)
-        else:
-            other = inputs[plan.add].reshape(-1, self.n)
-            y = torch.ops.onednn.qlinear_pointwise.binary(
-                x2, x_scale, zp, self.packed, w_scale, self.w_zero, other, bias, o_scale,
-                o_zp, o_dtype, 1.0, 0, "add", 1.0, *plan.unary)
-        return y.reshape(*x.shape[:-1], self.n)
+        return torch.ops.onednn.qlinear_pointwise.binary(
+            x2, x_scale, zp, self.packed, w_scale, self.w_zero, other, bias, o_scale, o_zp,
+            o_dtype, 1.0, 0, "add", 1.0, *plan.unary)
+
+
+class _OnednnConv1x1(_OnednnLinear):
+    """A 1x1 convolution (no padding, one group) as oneDNN's int8 matmul on the channels-last
+    rows [B * Ho * Wo, Cin] (a strided conv reads every s-th pixel): int8 input as it is, no
+    uint8 copy, and a residual add that reads its operand instead of overwriting a copy."""
+
+    def __init__(self, w: Tensor, w_scale: Tensor, attrs: dict):
+        super().__init__(w.reshape(w.shape[0], w.shape[1]), attrs)
+        self.stride = _pair(attrs["stride"])
+        self.conv = _OnednnConv(w, w_scale, attrs)  # for the sizes the matmul runs slowly
+
+    def __call__(self, *inputs: Tensor, **attrs: Any) -> Tensor:
+        if self._pixels(inputs[0]).numel() < MATMUL_MIN_ROWS * self.k:
+            return self.conv(*inputs, **attrs)
+        return _OnednnLayer.__call__(self, *inputs, **attrs)
+
+    def _pixels(self, x: Tensor) -> Tensor:
+        return x[:, :, ::self.stride[0], ::self.stride[1]]
+
+    def takes_operand(self, inputs: Sequence[Tensor], i: int) -> bool:
+        b, _, ho, wo = self._pixels(inputs[0]).shape
+        other = inputs[i]
+        return other.dtype == torch.float32 and tuple(other.shape) == (b, self.n, ho, wo)
+
+    def run(self, inputs, x_scale, with_bias, plan, out_dtype):
+        x = self._pixels(inputs[0])
+        b, _, ho, wo = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, self.k)  # a view of a channels-last x
+        other = None
+        if plan.add is not None:
+            other = inputs[plan.add].permute(0, 2, 3, 1).reshape(-1, self.n)
+        y = self.matmul(rows, other, inputs, x_scale, with_bias, plan, out_dtype)
+        return y.view(b, ho, wo, self.n).permute(0, 3, 1, 2)  # NCHW, channels-last
 
 
 class _OnednnConv(_OnednnLayer):
@@ -548,6 +597,9 @@ def prepare_qconv2d(consts: Sequence[Tensor | None], attrs: dict,
     if w is None or w.dtype != torch.int8:
         return None
     if onednn_available(device) and w_scale is not None and w.numel():
+        if (w.shape[1] >= MATMUL_MIN_K and w.shape[2:] == (1, 1)
+                and _pair(attrs["padding"]) == (0, 0) and attrs["groups"] == 1):
+            return _OnednnConv1x1(w, w_scale, dict(attrs))
         return _OnednnConv(w, w_scale, dict(attrs))
     if attrs["groups"] != 1:
         return None

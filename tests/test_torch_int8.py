@@ -62,7 +62,7 @@ def _runner(op: str, how: str, inputs: list[np.ndarray], attrs: dict,
     if attrs["has_bias"]:
         consts[3] = _t(inputs[3])
     run = ti.PREPARE[op](consts, attrs, CPU)
-    assert isinstance(run, (ti._OnednnLinear, ti._OnednnConv)) == (how == "onednn")
+    assert isinstance(run, ti._OnednnLayer) == (how == "onednn")
     return run or ti.IMPLS[op]  # None: nothing to prepare (a grouped conv without oneDNN)
 
 
@@ -214,7 +214,8 @@ def test_onednn_accumulators_exact(case):
         geo = dict(zip(("stride", "padding", "dilation", "groups"), shape[6:]))
         attrs.update(geo)
         ref = rq.qconv2d_acc(x, w, zp, *shape[6:])
-        run = ti._OnednnConv(_t(w), torch.ones(w.shape[0]), attrs)
+        run = ti.prepare_qconv2d([None, _t(w), torch.ones(w.shape[0])], attrs, CPU)
+        assert isinstance(run, ti._OnednnConv1x1 if w.shape[2:] == (1, 1) else ti._OnednnConv)
     assert np.abs(ref).max() < 2**24
     got = run(_t(x), _t(w), torch.ones(w.shape[0]), **attrs)
     np.testing.assert_array_equal(got.numpy(), ref.astype(np.float32))
@@ -303,7 +304,9 @@ CONV_CASES = [  # shape (CONV_SHAPES), zp, out dtype, epilogue, dynamic, bias
     (CONV_SHAPES[4], 127, "i8", ("relu",), False, True),
     (CONV_SHAPES[5], -128, "f32", ("relu",), False, True),
     (CONV_SHAPES[6], 0, "i8", (), True, True),
+    (CONV_SHAPES[6], 3, "i8", ("add", "relu"), False, True),
     (CONV_SHAPES[7], 3, "f32", ("relu", "add"), False, True),
+    (CONV_SHAPES[7], -2, "i8", ("add_l",), False, False),
     (CONV_SHAPES[8], 2, "i8", ("add_b", "relu"), False, True),
     (CONV_SHAPES[9], -1, "f32", ("add", "relu"), False, True),
     (CONV_SHAPES[9], 4, "i8", ("gelu", "clamp"), False, True),
