@@ -1,6 +1,7 @@
 """Microbenchmark: one int8 layer of `cpu-int8` against the float32 layer it replaces.
 
     .venv/bin/python -m bench.int8_kernels [--repeats 15] [--only bert|resnet] [--batch 32]
+                                           [--threads N] [--no-generic]
 
 Per layer shape (BERT-base linears at batch 32 x 128 tokens, ResNet-50/18 convolutions at batch
 32), each timed interleaved with the others (`bench.timing`) and reported as medians:
@@ -9,8 +10,12 @@ Per layer shape (BERT-base linears at batch 32 x 128 tokens, ResNet-50/18 convol
 - `int8 i8->i8`: the prepared int8 layer as it runs inside a model where int8 flows between
   layers: int8 in, bias + relu (gelu for the BERT FFN up-projection) and requantization fused,
   int8 out.
-- `q+int8+f32`: the layer standing alone: quantize the float32 input, int8 layer, float32 out.
+- `q+int8+f32`: the layer standing alone: quantize the float32 input, int8 layer, float32 out
+  (for convolutions a channels-last float32 input, as int8 layers write it inside a model; an
+  NCHW one would add an int8 NCHW -> NHWC transpose, about as costly as the quantize).
 - `generic`: the same standalone layer on the generic path (`torch._int_mm`, im2col).
+
+Times print as "median (min)" in ms.
 
 Ratios are fp32 time / int8 time, the median of per-round ratios (each round runs every
 variant once, back to back), so drift in a shared machine's load cancels. Absolute times on a
@@ -56,13 +61,18 @@ def _variants(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, act: str,
     step = {"op": act} if act == "relu" else {"op": "gelu", "attrs": {"approximate": "none"}}
     chain = _attrs("i8", (step,), conv)
     alone = _attrs("f32", (), conv)
+    if conv is not None:  # inside a model, int8 activations come channels-last from a qconv
+        x_q = x_q.contiguous(memory_format=torch.channels_last)
     inputs = (x_q, w_q, w_scale, bias)
     consts = [None, w_q, w_scale, bias]
     run_chain = prepare(consts, chain, CPU)
     run_alone = prepare(consts, alone, CPU)
 
+    # float32 tensors between int8 layers are channels-last too (the layers write it)
+    x_f = x if conv is None else x.contiguous(memory_format=torch.channels_last)
+
     def standalone(run, attrs):
-        return lambda: run(ti.quantize(x, scale=0.02, zero_point=3), *inputs[1:], **attrs)
+        return lambda: run(ti.quantize(x_f, scale=0.02, zero_point=3), *inputs[1:], **attrs)
 
     return {"fp32": fp32,
             "int8 i8->i8": lambda: run_chain(*inputs, **chain),
@@ -105,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--only", choices=("bert", "resnet"))
     p.add_argument("--no-generic", action="store_true", help="skip the slow generic path")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     layers = []
     if args.only != "resnet":
         layers += bert_layers(args.batch)
@@ -113,22 +126,26 @@ def main(argv: list[str] | None = None) -> None:
         layers += resnet_layers(args.batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN int8 path: "
           f"{ti.onednn_available(CPU)}; medians of {args.repeats} interleaved rounds (ms); "
-          "ratio = fp32 / variant, median of per-round ratios")
-    head = f"{'layer':<34}{'fp32':>8}"
+          "ratio = fp32 / variant, median of per-round ratios; (min) = fastest round")
+    head = f"{'layer':<31}{'fp32':>16}"
     names = ["int8 i8->i8", "q+int8+f32"] + ([] if args.no_generic else ["generic"])
     for name in names:
-        head += f"{name:>14}{'ratio':>7}"
+        head += f"{name:>17}{'ratio':>7}"
     print(head)
     for title, spec in layers:
         systems = _make(spec)
         if args.no_generic:
             systems.pop("generic")
         samples = interleaved_samples(systems, repeats=args.repeats, warmup=2)
-        row = f"{title:<34}{statistics.median(samples['fp32']) * 1e3:>8.2f}"
+        row = f"{title:<31}{_ms(samples['fp32']):>16}"
         for name in names:
             ratio = statistics.median(f / s for f, s in zip(samples["fp32"], samples[name]))
-            row += f"{statistics.median(samples[name]) * 1e3:>14.2f}{ratio:>7.2f}"
+            row += f"{_ms(samples[name]):>17}{ratio:>7.2f}"
         print(row, flush=True)
+
+
+def _ms(times: list[float]) -> str:
+    return f"{statistics.median(times) * 1e3:.2f} ({min(times) * 1e3:.2f})"
 
 
 if __name__ == "__main__":

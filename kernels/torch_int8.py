@@ -433,10 +433,12 @@ class _OnednnLayer:
                        a["out_zero_point"])
 
 
-# oneDNN's int8 matmul runs its fast brgemm kernels only from some size on: with fewer rows
-# or a shorter reduction it falls back to a naive reference loop (seconds for [32768, 16] x
-# [16, 64]). Below these sizes the layer runs on `_int_mm` instead (torch 2.13, oneDNN 3.12).
-MATMUL_MIN_ROWS, MATMUL_MIN_K = 16, 24
+# oneDNN's int8 matmul runs its fast brgemm kernels only from some size on: with a short
+# reduction (K <= 16) or few rows and columns (e.g. M = 32, N <= 8) it falls back to a naive
+# reference loop (seconds for [32768, 16] x [16, 64]). Measured on oneDNN 3.12 (torch 2.13):
+# K >= 24 with M >= 64 always got brgemm. Smaller layers run on `_int_mm` (1x1 convs on oneDNN's
+# convolution, which had no such fallback).
+MATMUL_MIN_ROWS, MATMUL_MIN_K = 64, 24
 
 
 class _OnednnLinear(_OnednnLayer):

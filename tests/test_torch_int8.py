@@ -163,6 +163,7 @@ CONV_SHAPES = [  # B, Cin, Cout, H, W, kernel, stride, padding, dilation, groups
     (1, 5, 7, 6, 5, (3, 2), (2, 1), (1, 0), (1, 2), 1),
     (2, 64, 64, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     (1, 3, 16, 17, 17, (7, 7), (2, 2), (3, 3), (1, 1), 1),
+    (1, 32, 16, 4, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1),
 ]
 
 
@@ -311,6 +312,7 @@ CONV_CASES = [  # shape (CONV_SHAPES), zp, out dtype, epilogue, dynamic, bias
     (CONV_SHAPES[9], -1, "f32", ("add", "relu"), False, True),
     (CONV_SHAPES[9], 4, "i8", ("gelu", "clamp"), False, True),
     (CONV_SHAPES[10], 0, "f32", ("add",), True, False),
+    (CONV_SHAPES[11], 0, "i8", ("add", "relu"), False, True),
 ]
 
 
@@ -334,6 +336,21 @@ def test_qconv2d(case, how, monkeypatch):
     for xt in (_t(x), _t(x).contiguous(memory_format=torch.channels_last)):
         got = run(xt, *map(_t, inputs[1:]), **attrs)
         _check(got, ref, exact=_exact(how, epi))
+
+
+@pytest.mark.skipif(not HAS_ONEDNN, reason="this torch has no oneDNN int8 ops")
+@pytest.mark.parametrize("rows,k,onednn", [(64, 24, True), (63, 768, False), (4096, 16, False),
+                                           (1, 768, False)])
+def test_onednn_matmul_only_where_it_has_fast_kernels(rows, k, onednn, monkeypatch):
+    """Small layers (where oneDNN would run its reference loop) go to `_int_mm`."""
+    calls = []
+    generic = ti._qlinear_generic
+    monkeypatch.setattr(ti, "_qlinear_generic", lambda *a: calls.append(1) or generic(*a))
+    w = torch.randint(-127, 128, (8, k), dtype=torch.int8)
+    attrs = _q_attrs("qlinear", zp=0, out_dtype="f32", steps=(), dynamic=False, has_bias=False)
+    run = ti.prepare_qlinear([None, w, torch.ones(8)], attrs, CPU)
+    run(torch.zeros(rows, k, dtype=torch.int8), w, torch.ones(8), **attrs)
+    assert calls == ([] if onednn else [1])
 
 
 @pytest.mark.parametrize("how", RUNNERS)
