@@ -16,10 +16,14 @@ float32 epilogue in the contract's order up to float32 rounding, int8 outputs wi
 oneDNN scales the accumulator as `acc * (x_scale * w_scale[n]) + bias` like the contract, and
 requantizes by multiplying with 1 / out_scale (hence the 1-LSB allowance on int8 outputs). Its
 convolution reads uint8 activations: int8 `q` with zero point `z` is the uint8 `q ^ 0x80 = q +
-128` with zero point `z + 128`, one byte-wide pass.
+128` with zero point `z + 128`, one byte-wide pass. A 1x1 convolution skips that pass: it runs as
+the int8 matmul on the channels-last pixel rows. Layers too small for oneDNN's fast kernels
+(`MATMUL_MIN_ROWS`, `MATMUL_MIN_K`) take the generic path. Outputs of convolutions are NCHW
+tensors in channels-last memory, the layout the next convolution reads.
 
 The standalone `quantize` / `dynamic_quantize` divide by the scale (not multiply by its
-reciprocal) and round half to even, bit-exact with the numpy reference.
+reciprocal) and round half to even, bit-exact with the numpy reference. `max_pool2d` here is
+the torch backend's for int8 (torch's own is slow on int8 and refuses channels-last int8).
 """
 
 from __future__ import annotations
@@ -449,10 +453,11 @@ class _OnednnLinear(_OnednnLayer):
         self.n, self.k = w.shape
         self.packed = torch.ops.onednn.qlinear_prepack(w.contiguous(), None)
         self.w_zero = torch.zeros(self.n, dtype=torch.int64)
-        self.gemm = GemmWeight.of(w)  # for the sizes oneDNN would run slowly
+        self.gemm: GemmWeight | None = None  # made on first use, for sizes oneDNN runs slowly
 
     def __call__(self, *inputs: Tensor, **attrs: Any) -> Tensor:
         if inputs[0].numel() < MATMUL_MIN_ROWS * self.k or self.k < MATMUL_MIN_K:
+            self.gemm = self.gemm or GemmWeight.of(inputs[1])
             return _qlinear_generic(inputs, self.attrs, self.gemm)
         return super().__call__(*inputs, **attrs)
 
