@@ -18,6 +18,11 @@ oneDNN's int8 kernels and fused post-ops; skipped where this torch has none). To
   in the last bits).
 - linear_int4: rtol 1e-4 / atol 1e-5 (the contract's tolerance; the reference rounds a float64
   product once).
+- int8 max_pool2d (the torch backend routes int8 to kernels/torch_int8.py): exact.
+
+Also checked: oneDNN's matmul is used only where it has fast kernels; channels-last outputs
+read right through reshape / flatten / permute; a TorchProgram with prepared layers, node by
+node against the reference run on the program's own intermediate values.
 """
 
 from __future__ import annotations
