@@ -60,6 +60,10 @@ def _max_pool2d(x, *, kernel, stride, padding, dilation, ceil_mode):
     if x.dtype == torch.int8:  # torch's is slow on int8 and refuses it channels-last
         return torch_int8.max_pool2d(x, kernel=kernel, stride=stride, padding=padding,
                                      dilation=dilation, ceil_mode=ceil_mode)
+    if x.dim() == 4 and x.device.type == "cpu":
+        # torch's CPU max pooling is ~10x faster channels-last (measured at batch 32); the
+        # result stays channels-last, which the convolutions after it also run faster on
+        x = x.contiguous(memory_format=torch.channels_last)
     return F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
 
 
@@ -93,15 +97,33 @@ def _full(*, shape, value, dtype, device):
 # the unfused graph declares there (a `cast` step casts itself); the executor casts the result.
 
 
+# Steps that may update the accumulator in place: the accumulator is a tensor the base op just
+# allocated (and every later one a step's fresh result), so nothing else holds it, and writing
+# into it saves a pass over memory per step. add/mul commute exactly in IEEE arithmetic, so
+# either side may be updated; sub/div only with the accumulator on the left.
+_INPLACE_UNARY = {"relu": torch.relu_}
+_INPLACE_BINARY = {("add", "right"): torch.Tensor.add_, ("add", "left"): torch.Tensor.add_,
+                   ("mul", "right"): torch.Tensor.mul_, ("mul", "left"): torch.Tensor.mul_,
+                   ("sub", "right"): torch.Tensor.sub_, ("div", "right"): torch.Tensor.div_}
+
+
 def _epilogue(acc, inputs, epilogue):
     for step in epilogue:
-        fn = TORCH_IMPLS[step["op"]]
+        op = step["op"]
         if "operand" in step:
             other = inputs[step["operand"]]
+            inplace = _INPLACE_BINARY.get((op, step["side"]))
+            if inplace is not None and other.dtype == acc.dtype and \
+                    torch.broadcast_shapes(other.shape, acc.shape) == acc.shape:
+                acc = inplace(acc, other)
+                continue
             args = (acc, other) if step["side"] == "right" else (other, acc)
+        elif op in _INPLACE_UNARY:
+            acc = _INPLACE_UNARY[op](acc)
+            continue
         else:
             args = (acc,)
-        acc = fn(*args, **step.get("attrs", {}))
+        acc = TORCH_IMPLS[op](*args, **step.get("attrs", {}))
     return acc
 
 

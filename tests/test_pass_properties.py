@@ -40,7 +40,11 @@ def _check(before, after):
             np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("name", sorted(passes.PASSES))
+# quantize changes the numbers by design (int8); its properties are in test_quantize_pass.py
+FLOAT_PASSES = sorted(set(passes.PASSES) - {"quantize"})
+
+
+@pytest.mark.parametrize("name", FLOAT_PASSES)
 @settings(max_examples=EXAMPLES, **SETTINGS)
 @given(graph=random_graphs(zero_channel_prob=0.4, heads=True) | random_graphs())
 def test_each_pass_preserves_outputs(name, graph):
