@@ -25,7 +25,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from passes_util import dedent_ir
 from random_graphs import random_graphs, random_inputs
 
@@ -592,8 +592,12 @@ def test_torch_backend_conv_one_output_column_with_stride():
 # --- properties on random graphs -----------------------------------------------------------------
 
 EXAMPLES = int(os.environ.get("FXFORGE_PROPERTY_EXAMPLES", "30"))
-SETTINGS = dict(max_examples=EXAMPLES, deadline=None, derandomize=True,
+# derandomize, no example database, and a fixed seed (which `derandomize` alone would derive
+# from the test's source): the same graphs every run, also after edits to the test body, so
+# whole-run claims hold or fail for good.
+SETTINGS = dict(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SEED = 0
 GRAPHS = {
     # conv chains with heads, pooling, concat, flatten -> linear: int8 links between layers
     "cnn": random_graphs(min_ops=6, max_ops=12, zero_channel_prob=0.1, max_outputs=1,
@@ -604,7 +608,10 @@ GRAPHS = {
     "any": random_graphs(max_ops=14, zero_channel_prob=0.3)
     | random_graphs(zero_channel_prob=0.4, heads=True),
 }
-FLOAT_PIPELINE = TARGET_INFO["cpu"].pipeline  # the int8 targets run it before quantize
+# What the int8 targets run before quantize (it makes the fused layers), less channel removal:
+# that pass has its own properties (tests/test_pass_properties.py), and without it zeroed weight
+# channels (scale 1 in int8) reach the quantize pass as well.
+FLOAT_PIPELINE = tuple(p for p in TARGET_INFO["cpu"].pipeline if p != "remove-pruned-channels")
 # Quantized outputs stay close to float: with ranges calibrated on the inputs themselves
 # nothing clips, and each int8 rounding adds an error of at most half a step, 1/510 of a
 # value's range (weights: 1/254 of a channel's largest magnitude). That is an SQNR of roughly
@@ -665,6 +672,7 @@ def _property(kind: str, static: bool) -> Counter:
     run saw, for whole-run claims (derandomized, so the same graphs every run)."""
     seen: Counter = Counter()
 
+    @seed(SEED)
     @settings(**SETTINGS)
     @given(graph=GRAPHS[kind])
     def check(graph):
@@ -691,24 +699,26 @@ def _property(kind: str, static: bool) -> Counter:
     return seen
 
 
-# Whole-run floors (the runs are derandomized: the same graphs each time), so that a change to
-# the generator or the pipeline cannot leave the properties checking float graphs only. With
-# 30 graphs: cnn has a quantized layer in 18, int8 results between layers 7, a quantized
-# epilogue 1; any has a quantized layer in 8 (most of its convs are 1x1 or depthwise on a few
-# channels: under 16 products per output). int8 layout ops are covered by the IR tests above.
+# Whole-run floors, so that a change to the generator or the pipeline cannot leave the
+# properties checking float graphs only. With 30 graphs (seed 0): cnn has a quantized layer in
+# 26, 8 int8 results between layers (static) and 3 quantized epilogues; any has a quantized
+# layer in 17 (most of its convs are 1x1 or depthwise on a few channels: under 16 products per
+# output). int8 layout ops are covered by the IR tests above.
+def _assert_floors(kind: str, seen: Counter, static: bool) -> None:
+    if EXAMPLES < 30:
+        return
+    share = 2 if kind == "cnn" else 5
+    assert seen["graphs with a quantized layer"] >= seen["graphs"] // share, seen
+    if kind == "cnn":
+        assert seen["quantized epilogues"] >= 1, seen
+        assert seen["int8 results"] >= (3 if static else 0), seen
+
+
 @pytest.mark.parametrize("kind", sorted(GRAPHS))
 def test_static_quantization_of_random_graphs(kind):
-    seen = _property(kind, static=True)
-    if EXAMPLES >= 30:
-        assert seen["graphs with a quantized layer"] >= seen["graphs"] // (2 if kind == "cnn"
-                                                                           else 5), seen
-        if kind == "cnn":
-            assert seen["int8 results"] >= 3 and seen["quantized epilogues"] >= 1, seen
+    _assert_floors(kind, _property(kind, static=True), static=True)
 
 
 @pytest.mark.parametrize("kind", sorted(GRAPHS))
 def test_dynamic_quantization_of_random_graphs(kind):
-    seen = _property(kind, static=False)
-    if EXAMPLES >= 30:
-        assert seen["graphs with a quantized layer"] >= seen["graphs"] // (2 if kind == "cnn"
-                                                                           else 5), seen
+    _assert_floors(kind, _property(kind, static=False), static=False)
