@@ -238,7 +238,9 @@ def qconv2d_acc(x: Tensor, w: Tensor, x_zero_point: int, stride, padding, dilati
         sb, sh, sw, sc = nhwc.stride()
         patches = nhwc.as_strided((b, ho, wo, kh, kw, c),
                                   (sb, sh * s0, sw * s1, sh * d0, sw * d1, sc))
-        patches = patches.reshape(b * ho * wo, kh * kw * c)  # the one copy
+        # the one copy; contiguous() as well, because with a size-1 dim reshape may return a
+        # view with strides that `_int_mm` misreads (one output column: wrong values)
+        patches = patches.reshape(b * ho * wo, kh * kw * c).contiguous()
     acc = (gemm or GemmWeight.of(w)).acc(patches, x_zero_point)
     return acc.view(b, ho, wo, cout).permute(0, 3, 1, 2)
 
@@ -539,6 +541,14 @@ class _OnednnConv(_OnednnLayer):
         self.w_zero = torch.zeros(self.cout, dtype=torch.int64)
         self.w_scale = w_scale.float().contiguous()
         self.kernel = tuple(w.shape[2:])
+
+    def __call__(self, *inputs: Tensor, **attrs: Any) -> Tensor:
+        # oneDNN's int8 convolution (torch 2.13) computes wrong values when the output is one
+        # column wide with a horizontal stride > 1 (found by tests/test_quantize_pass.py):
+        # such calls take the generic path
+        if self.geometry[0][1] > 1 and self._shape(inputs[0])[3] == 1:
+            return qconv2d(*inputs, **attrs)
+        return super().__call__(*inputs, **attrs)
 
     def _shape(self, x: Tensor) -> tuple[int, int, int, int]:
         (s0, s1), (p0, p1), (d0, d1), _ = self.geometry

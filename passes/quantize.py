@@ -92,6 +92,11 @@ class _Quantizer:
             return "not float32"
         if _dot_length(node) < MIN_DOT:
             return f"{_dot_length(node)} products per output: too little work to gain from int8"
+        if _dot_length(node) * 255 * 128 > 2**31 - 1:
+            return f"{_dot_length(node)} products per output could overflow the int32 accumulator"
+        _, _, operands = _layer_base(node)
+        if any(v.type.dtype != "f32" and self.graph.constant(v) is None for _, v in operands):
+            return "an epilogue operand is a non-float32 tensor computed at run time"
         return None
 
     def _params(self, name: str) -> tuple[float, int] | None:
@@ -197,6 +202,15 @@ class _Quantizer:
         for old, v in zip(node.outputs, new.outputs):
             self.value[old.name] = v
 
+    def _float_operand(self, v: Value, node: Node) -> Value:
+        """An epilogue operand as float32. A constant of another dtype (capture's `+ 3` is an
+        i64 scalar) becomes an f32 constant: torch's promotion computes the float step with
+        exactly that value, since the fused epilogue keeps float32 throughout."""
+        if v.type.dtype == "f32":
+            return self.float_of(v, "epilogue operand", node)
+        array = self.graph.constant(v)
+        return self.rw.const(array.astype(np.float32), node.provenance, prefix=f"{v.name}_f")
+
     def _layer(self, node: Node) -> None:
         rw, x, out = self.rw, node.inputs[0], node.outputs[0]
         has_bias, epilogue, _ = _layer_base(node)
@@ -229,8 +243,7 @@ class _Quantizer:
         for step in epilogue:
             step = dict(step)
             if "operand" in step:
-                inputs.append(self.float_of(node.inputs[step["operand"]], "epilogue operand",
-                                            node))
+                inputs.append(self._float_operand(node.inputs[step["operand"]], node))
                 step["operand"] = len(inputs) - 1
             steps.append(step)
         attrs["epilogue"] = tuple(steps)

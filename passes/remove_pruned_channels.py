@@ -95,7 +95,12 @@ def _weighted(b: _Builder, node: Node, inputs: list[Value]
             else np.zeros(w.shape[0]))
     keep_out, keep_in = b.keep(out), b.keep(x)
     rows = np.arange(w.shape[0]) if keep_out is None else keep_out
-    depthwise = node.op == "conv2d" and node.attrs["groups"] > 1
+    groups = node.attrs["groups"] if node.op == "conv2d" else 1
+    if groups > 1 and not groups == x.type.shape[1] == w.shape[0]:
+        # a grouped conv that is not depthwise: the analysis blocks its channels, so nothing of
+        # it is removed (and its groups must stay as they are)
+        return list(inputs), dict(node.attrs), None
+    depthwise = groups > 1
     bias_map = None
     if depthwise:
         w, bias = w[rows], bias[rows]
