@@ -35,11 +35,11 @@ def _ops(graph) -> list[str]:
     return [n.op for n in graph.nodes]
 
 
+@pytest.mark.parametrize("target", ["cpu-int8", "reference-int8"])
 @pytest.mark.parametrize("method", METHODS)
-def test_digits_static_int8_keeps_99_percent_of_float_accuracy(digits, method):
+def test_digits_static_int8_keeps_99_percent_of_float_accuracy(digits, method, target):
     model, calibration, float_acc = digits
-    fast = compiler.compile(model, "cpu-int8", calibration=calibration,
-                            calibration_method=method)
+    fast = compiler.compile(model, target, calibration=calibration, calibration_method=method)
     acc = zoo.digits_accuracy(fast)
     ops = _ops(fast.graph)
     assert ops.count("qconv2d") == 4 and "qlinear" in ops, ops  # stem and depthwise: K=9
