@@ -116,3 +116,14 @@ def test_console_script_and_module_entry_points():
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "cpu" in result.stdout
+
+
+def test_compile_int8_prints_the_per_layer_sqnr_table(capsys):
+    code = main(["compile", "zoo:digits", "--batch", "16", "--target", "cpu-int8",
+                 "--calibrate", "2", "--calibration-method", "mse", "--min-sqnr", "10",
+                 "--repeats", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "int8 accuracy on 2 calibration sample(s), mse calibration" in out
+    assert "qconv2d" in out and "head" in out and "kept in float by min_sqnr=10 dB" in out
+    assert "cosine similarity >= 0.99" in out and "MISMATCH" not in out
