@@ -26,15 +26,13 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from compiler.calibration import ActivationStats, iter_samples
+from compiler.calibration import ActivationStats, check_method, iter_samples
 from compiler.capture import Captured, capture
 from compiler.errors import CalibrationError, FxforgeError
 from compiler.execute import TorchProgram
 from compiler.ir import Graph, Node
 from compiler.pipeline import DebugOptions, PassManager
 from passes.quantize import quantize_graph
-
-METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 @dataclass(frozen=True)
@@ -104,11 +102,7 @@ def as_float(t: torch.Tensor, node: Node | None) -> torch.Tensor:
 class Quantization:
     def __init__(self, model: torch.nn.Module, options: QuantOptions,
                  float_pipeline: Sequence[str], debug: DebugOptions):
-        if options.method not in METHODS:
-            raise ValueError(f"calibration_method={options.method!r}; choose one of "
-                             f"{', '.join(METHODS)}")
-        if not 0 < options.percentile <= 100:
-            raise ValueError(f"percentile={options.percentile!r} must be in (0, 100]")
+        check_method(options.method, options.percentile)
         self.model = model
         self.options = options
         self.float_pipeline = tuple(float_pipeline)
@@ -270,10 +264,4 @@ class _LocalLayer:
     def __call__(self, seen: dict[str, torch.Tensor]) -> torch.Tensor:
         (out,) = self.program([seen[v.name] for v in self.inputs])
         return out
-
-
-def summary_rows(analysis: QuantAnalysis) -> list[tuple[str, ...]]:
-    """The per-layer table as rows of strings (report and CLI)."""
-    return [(lay.module, lay.op, lay.mode, lay.out, f"{lay.sqnr_local_db:.1f}",
-             f"{lay.sqnr_through_db:.1f}") for lay in analysis.layers]
 

@@ -25,10 +25,11 @@ import zlib
 
 import numpy as np
 import pytest
+from graph_builder import GraphBuilder
 
 from compiler import ops, parse_ir, verify
 from compiler.execute import run_reference
-from compiler.ir import Attrs, ConstData, Graph, Node, QuantParams, TensorType, Value
+from compiler.ir import Graph, QuantParams, TensorType, Value
 from compiler.printer import print_graph
 from compiler.quant_math import (
     pack_int4,
@@ -627,34 +628,9 @@ def test_kinds():
 # A graph with every op: print / parse round trip, verifier, reference run
 
 
-class _Builder:
-    def __init__(self):
-        self.nodes: list[Node] = []
-        self.n = 0
-
-    def const(self, array: np.ndarray) -> Value:
-        self.n += 1
-        out = Value(f"c{self.n}", TensorType(array.shape, _dtype(array)))
-        self.nodes.append(Node("const", (), (out,), Attrs({"value": ConstData(array)})))
-        return out
-
-    def __call__(self, op: str, inputs, n_out: int = 1, **attrs):
-        names = [f"v{self.n + i + 1}" for i in range(n_out)]
-        self.n += n_out
-        node = ops.build_node(op, inputs, attrs, names)
-        self.nodes.append(node)
-        return node.outputs if n_out > 1 else node.output
-
-
-def _dtype(array: np.ndarray) -> str:
-    from compiler import dtypes
-
-    return dtypes.from_numpy(array.dtype)
-
-
 def _every_op_graph() -> Graph:
     rng = np.random.default_rng(0)
-    b = _Builder()
+    b = GraphBuilder()
     x = Value("x", T((2, 3, 9, 9)))
     q = b("quantize", [x], scale=0.05, zero_point=3)
     w1, s1 = quantize_int8_per_channel(rng.standard_normal((4, 3, 3, 3)))

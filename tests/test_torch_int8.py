@@ -33,10 +33,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from graph_builder import GraphBuilder
 
 from compiler import ops
 from compiler.execute import TorchProgram
-from compiler.ir import Attrs, ConstData, Graph, Node, TensorType, Value
+from compiler.ir import Graph, TensorType, Value
 from compiler.quant_math import quantize_int4_groupwise, quantize_int8_per_channel
 from kernels import reference_quant as rq
 from kernels import torch_int8 as ti
@@ -419,31 +420,10 @@ def test_int8_max_pool2d(geometry):
 # --- whole programs: TorchProgram with PREPARE, checked node by node ----------------------------
 
 
-class _Builder:
-    def __init__(self):
-        self.nodes: list[Node] = []
-        self.n = 0
-
-    def const(self, array: np.ndarray) -> Value:
-        from compiler import dtypes
-
-        self.n += 1
-        out = Value(f"c{self.n}", TensorType(array.shape, dtypes.from_numpy(array.dtype)))
-        self.nodes.append(Node("const", (), (out,), Attrs({"value": ConstData(array)})))
-        return out
-
-    def __call__(self, op: str, inputs, n_out: int = 1, **attrs):
-        names = [f"v{self.n + i + 1}" for i in range(n_out)]
-        self.n += n_out
-        node = ops.build_node(op, inputs, attrs, names)
-        self.nodes.append(node)
-        return node.outputs if n_out > 1 else node.output
-
-
 def _program_graph(rng) -> Graph:
     """A ResNet-style block (int8 flowing, residual add + relu fused) and a BERT-style FFN
     (dynamic and static qlinear, gelu), ending in float outputs."""
-    b = _Builder()
+    b = GraphBuilder()
     x = Value("x", TensorType((2, 16, 12, 12), "f32"))
     t = Value("t", TensorType((2, 10, 32), "f32"))
     qx = b("quantize", [x], scale=0.03, zero_point=-4)
