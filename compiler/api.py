@@ -160,7 +160,10 @@ class CompiledModel:
         if self._quant is not None:
             self._quant.prepare(n_inputs=len(args))
             self._manager.options["quantize"] = self._quant.pass_options()
-        captured = capture(self._model, args, kwargs)
+        captured = None
+        if self._quant is not None and not kwargs:
+            captured = self._quant.captured_for(args)
+        captured = captured or capture(self._model, args, kwargs)
         names = self._leaf_names(args, kwargs)
         signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
         subdir = "" if not self._entries else f"capture-{len(self._entries) + 1}"

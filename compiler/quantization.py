@@ -116,9 +116,20 @@ class Quantization:
 
     # --- calibration ---
 
+    @staticmethod
+    def _signature(args: tuple) -> tuple:
+        return tuple((tuple(a.shape), str(a.dtype), str(a.device))
+                     if isinstance(a, torch.Tensor) else repr(a) for a in args)
+
+    def captured_for(self, args: tuple) -> Captured | None:
+        """The capture made while calibrating on inputs of this signature, if any: the IR is
+        immutable, so compiling for the same signature reuses it instead of exporting the model
+        a second time (about a quarter of a ResNet-50 int8 compile)."""
+        entry = self._graphs.get(self._signature(args))
+        return entry[0] if entry else None
+
     def _float_graph(self, args: tuple, index: int) -> tuple[Captured, Graph]:
-        key = tuple((tuple(a.shape), str(a.dtype)) if isinstance(a, torch.Tensor) else repr(a)
-                    for a in args)
+        key = self._signature(args)
         if key not in self._graphs:
             try:
                 captured = capture(self.model, args, {})

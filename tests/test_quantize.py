@@ -243,3 +243,28 @@ def test_quantized_graph_runs_the_same_on_reference_and_torch(digits):
     (a,) = TorchProgram(fast.graph, torch.device("cpu"))([x])
     (b,) = run_reference(fast.graph, [x.numpy()])
     np.testing.assert_allclose(a.numpy(), b, atol=0.05, rtol=0)
+
+
+def test_compile_reuses_the_calibration_capture_of_the_same_signature(digits, monkeypatch):
+    """Exporting is the slow part of capture: a compile whose inputs look like a calibration
+    sample (shape, dtype, device) exports the model once, not twice; a new signature exports."""
+    import compiler.api
+    import compiler.quantization
+
+    model, calibration, float_acc = digits
+    calls = []
+    real = compiler.quantization.capture
+
+    def counting(*args, **kwargs):
+        calls.append(args[1][0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiler.quantization, "capture", counting)
+    monkeypatch.setattr(compiler.api, "capture", counting)
+    fast = compiler.compile(model, "cpu-int8", calibration=calibration)
+    fast(calibration[0])
+    assert len(calls) == 1, calls
+    assert zoo.digits_accuracy(fast) >= 0.99 * float_acc  # the reused capture is the model
+    x = calibration[0][:5]
+    fast(x)  # a new batch size: captured for itself
+    assert len(calls) == 2 and tuple(calls[-1]) == tuple(x.shape), calls
