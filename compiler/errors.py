@@ -29,3 +29,8 @@ class PipelineError(FxforgeError, ValueError):
 
 class CalibrationError(FxforgeError, ValueError):
     """Calibration data or statistics that cannot give int8 ranges (names the sample and input)."""
+
+
+class DeviceUnavailableError(FxforgeError, RuntimeError):
+    """A target whose kernels need a device (CUDA) or library (Triton) this machine lacks; the
+    message says which target to use instead."""
