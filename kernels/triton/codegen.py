@@ -8,7 +8,14 @@ express (pow, a NaN bound, a non-float dtype where math is needed) makes `suppor
 the node stays on the torch backend, listed in the report.
 
 Only generated names appear in the output: values are `v<i>`, operands `e<i>`; numbers are
-written with `repr(float)` (finite only).
+written with `repr(float)` (finite only; an infinite clamp bound is the literal `1e400`, which
+Python reads as inf, since inf has no literal of its own).
+
+Arguments are converted as the reference converts them: first to the step's result dtype (torch's
+promotion: an f32 0-d scalar against an f16 tensor is rounded to f16 first), then widened to the
+compute dtype (f32; f64 for f64 results). Comparisons and `where` convert to the promoted dtype of
+the compared / selected operands; `cast` converts once, directly. Bool arithmetic is logical (torch
+and numpy: True + True is True), so add / mul / maximum / minimum on bools are or / and.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from compiler import dtypes, ops
 from compiler.ir import TensorType
@@ -37,24 +46,39 @@ def number(value: Any) -> str:
 
 
 def _tanh(a: str) -> str:
-    # exp of a non-positive argument cannot overflow; the sign is put back after
-    return (f"tl.where({a} < 0, -1.0, 1.0) * (1.0 - tl.exp(-2.0 * tl.abs({a}))) / "
-            f"(1.0 + tl.exp(-2.0 * tl.abs({a})))")
+    # exp of a non-positive argument cannot overflow; the sign is put back after. Below 0.125,
+    # 1 - exp(-2|a|) cancels, so the odd Taylor series to a**7 (relative error < 2e-9) is used.
+    big = (f"tl.where({a} < 0, -1.0, 1.0) * (1.0 - tl.exp(-2.0 * tl.abs({a}))) / "
+           f"(1.0 + tl.exp(-2.0 * tl.abs({a})))")
+    a2 = f"({a} * {a})"
+    small = (f"{a} * (1.0 + {a2} * (-0.3333333333333333 + {a2} * "
+             f"(0.13333333333333333 - 0.05396825396825397 * {a2})))")
+    return f"tl.where(tl.abs({a}) < 0.125, {small}, {big})"
 
 
-def _clamp(a: str, lo: Any, hi: Any) -> str:
+def _bound(value: Any, integer: bool) -> str:
+    """A clamp bound: an integer literal for an integer result (a float literal would make
+    Triton compare, and select, in float32: inexact past 2**24), else a float one (inf: 1e400)."""
+    if integer:
+        return repr(int(value))
+    value = float(value)
+    return ("1e400" if value > 0 else "-1e400") if math.isinf(value) else number(value)
+
+
+def _clamp(a: str, lo: Any, hi: Any, integer: bool = False) -> str:
     out = a
     if lo is not None and lo != -math.inf:
-        out = f"tl.where({out} < {number(lo)}, {number(lo)}, {out})"
+        out = f"tl.where({out} < {_bound(lo, integer)}, {_bound(lo, integer)}, {out})"
     if hi is not None and hi != math.inf:
-        out = f"tl.where({out} > {number(hi)}, {number(hi)}, {out})"
+        out = f"tl.where({out} > {_bound(hi, integer)}, {_bound(hi, integer)}, {out})"
     return out
 
 
 def _gelu(a: str, approximate: str) -> str:
     if approximate == "tanh":
+        # 0.5 * (1 + tanh(u)) == sigmoid(2u), without 1 + tanh(u) cancelling for u << 0
         inner = f"{_GELU_TANH_C} * ({a} + 0.044715 * {a} * {a} * {a})"
-        return f"0.5 * {a} * (1.0 + {_tanh('(' + inner + ')')})"
+        return f"{a} * tl.sigmoid(2.0 * ({inner}))"
     return f"0.5 * {a} * (1.0 + tl.erf({a} * {_SQRT_HALF}))"
 
 
@@ -97,45 +121,71 @@ _ANY = {
 _COMPARE = frozenset(("eq", "ne", "lt", "le", "gt", "ge"))
 
 
+_BOOL = {"identity": "{0}", "dropout": "{0}", "relu": "{0}", "abs": "{0}", "add": "{0} | {1}",
+         "maximum": "{0} | {1}", "mul": "{0} & {1}", "minimum": "{0} & {1}"}
+
+
+def step_refusal(op: str, attrs: Mapping[str, Any], in_types: Sequence[TensorType],
+                 out_type: TensorType) -> str | None:
+    """Why the table cannot write this step for its dtypes, or None when it can."""
+    if out_type.dtype not in TL or any(t.dtype not in TL for t in in_types):
+        return f"{op}: no Triton dtype for {[t.dtype for t in in_types]} -> {out_type.dtype}"
+    if op not in _FLOAT_MATH and op not in _ANY:
+        return f"{op}: no Triton form in the elementwise table"
+    if op in _FLOAT_MATH and not dtypes.is_float(out_type.dtype):
+        return f"{op}: float math with a {out_type.dtype} result"
+    if out_type.dtype == "bool" and op not in _BOOL and op not in _COMPARE | {"where", "cast"}:
+        return f"{op} on bool values (numpy and torch refuse it or give no bool)"
+    if op == "clamp":
+        bounds = [b for b in (attrs["min"], attrs["max"]) if b is not None]
+        if any(math.isnan(float(b)) for b in bounds):
+            return "clamp with a NaN bound"
+        if not dtypes.is_float(out_type.dtype):
+            info = np.iinfo(dtypes.to_numpy(out_type.dtype))
+            if any(not info.min <= int(b) <= info.max for b in bounds):
+                return f"clamp bound outside the range of {out_type.dtype}"
+    return None
+
+
 def supports_step(op: str, attrs: Mapping[str, Any], in_types: Sequence[TensorType],
                   out_type: TensorType) -> bool:
     """Whether the table can write this step exactly enough for its dtypes."""
-    if out_type.dtype not in TL or any(t.dtype not in TL for t in in_types):
-        return False
-    if op in _FLOAT_MATH:
-        return dtypes.is_float(out_type.dtype)
-    if op not in _ANY:
-        return False
-    if op == "clamp":
-        return all(b is None or not math.isnan(float(b)) for b in (attrs["min"], attrs["max"]))
-    return True
+    return step_refusal(op, attrs, in_types, out_type) is None
+
+
+def _convert(arg: str, have: str, want: str) -> str:
+    return arg if have == want else f"{arg}.to({TL[want]})"
 
 
 def step_expression(op: str, attrs: Mapping[str, Any], args: Sequence[str],
                     in_types: Sequence[TensorType], out_type: TensorType) -> str:
     """One step as a Triton expression of the variables `args`, converted to the step's dtype.
-    Float operands compute in float32 (an f16 value widens exactly); comparisons compare in
-    the operands' promoted dtype, as torch does."""
+    Arguments go to the result dtype first (torch's promotion), float math then runs in f32
+    (f64 for an f64 result); comparisons and `where` work in the operands' promoted dtype."""
+    out = out_type.dtype
+    if op == "cast":
+        return _convert(args[0], in_types[0].dtype, out)
     if op in _COMPARE or op == "where":
         lead = 1 if op == "where" else 0
         common = dtypes.promote([(t.dtype, len(t.shape)) for t in in_types[lead:]])
-        # to the promoted dtype (an f32 0-d constant against f16 rounds to f16, as in torch),
-        # then float math in float32, where an f16 value is exact
-        conv = [a if t.dtype == common else f"{a}.to({TL[common]})"
-                for a, t in zip(args[lead:], in_types[lead:])]
-        if dtypes.is_float(common) and common != "f32":
-            conv = [f"{c}.to(tl.float32)" for c in conv]
-        if op == "where" and dtypes.is_float(out_type.dtype):
-            conv = [f"{c}.to(tl.float32)" for c in conv]
-        args = [*args[:lead], *conv]
-    elif dtypes.is_float(out_type.dtype):
-        args = [a if t.dtype == "f32" else f"{a}.to(tl.float32)" for a, t in zip(args, in_types)]
-    elif op != "cast":
-        args = [a if t.dtype == out_type.dtype else f"{a}.to({TL[out_type.dtype]})"
-                for a, t in zip(args, in_types)]
-    table = _FLOAT_MATH if op in _FLOAT_MATH else _ANY
-    expr = table[op](args, attrs)
-    return f"({expr}).to({TL[out_type.dtype]})"
+        # to the promoted dtype (an f32 0-d constant against f16 rounds to f16, as in torch);
+        # ordered comparisons of bools as int8, of f16 / bf16 in f32 (exact)
+        conv = [_convert(a, t.dtype, common) for a, t in zip(args[lead:], in_types[lead:])]
+        if op != "where" and common in ("bool", "f16", "bf16"):
+            wide = "i8" if common == "bool" else "f32"
+            conv = [_convert(c, common, wide) for c in conv]
+        expr = _ANY[op]([*args[:lead], *conv], attrs)
+        return _convert(f"({expr})", common if op == "where" else "bool", out)
+    if out == "bool":
+        conv = [_convert(a, t.dtype, out) for a, t in zip(args, in_types)]
+        return f"({_BOOL[op].format(*conv)})"
+    compute = out if not dtypes.is_float(out) else "f64" if out == "f64" else "f32"
+    conv = [_convert(_convert(a, t.dtype, out), out, compute) for a, t in zip(args, in_types)]
+    if op == "clamp":
+        expr = _clamp(conv[0], attrs["min"], attrs["max"], integer=not dtypes.is_float(out))
+    else:
+        expr = (_FLOAT_MATH if op in _FLOAT_MATH else _ANY)[op](conv, attrs)
+    return f"({expr}).to({TL[out]})"
 
 
 def step_attrs(step: Mapping) -> dict[str, Any]:
