@@ -33,6 +33,7 @@ import torch.utils._pytree as pytree
 
 from bench.metrics import files_bytes, first_tensor, state_dict_bytes
 from bench.models import BenchModel
+from compiler.errors import DeviceUnavailableError
 
 NO_CUDA = "no CUDA device"
 
@@ -403,8 +404,8 @@ class Fxforge(System):
         missing = None
         try:  # what compile() itself says about the target
             fx_compile(torch.nn.Identity(), self.target)
-        except NotImplementedError as e:
-            missing = str(e)
+        except (NotImplementedError, DeviceUnavailableError) as e:
+            missing = None if _needs_cuda(self.target) else str(e)
         if _needs_cuda(self.target) and device.type != "cuda":
             return NO_CUDA + (f"; and: {missing}" if missing else "")
         if missing:

@@ -8,7 +8,9 @@
 
 from compiler.api import CompiledModel, compile
 from compiler.errors import (
+    CalibrationError,
     CaptureError,
+    DeviceUnavailableError,
     ExecutionError,
     FxforgeError,
     InputError,
@@ -24,9 +26,11 @@ from compiler.verify import IRVerificationError, verify
 
 __all__ = [
     "TARGETS",
+    "CalibrationError",
     "CaptureError",
     "CompiledModel",
     "DebugOptions",
+    "DeviceUnavailableError",
     "ExecutionError",
     "FxforgeError",
     "Graph",

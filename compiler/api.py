@@ -70,8 +70,15 @@ class CompiledModel:
     """A model compiled by fxforge: call it like the original module."""
 
     def __init__(self, model: torch.nn.Module, target: Target, pipeline: tuple[str, ...],
-                 debug: DebugOptions, quant: QuantOptions | None = None):
+                 debug: DebugOptions, quant: QuantOptions | None = None,
+                 autotune: bool | None = None):
         self._model = model
+        self._autotune = autotune
+        self._device = None
+        if target.backend == "triton":
+            from kernels.triton.jit import check_device
+
+            self._device = check_device(target.name)
         self._quant = None
         if quant is not None and "quantize" in pipeline:
             float_passes = pipeline[:pipeline.index("quantize")]
@@ -176,6 +183,10 @@ class CompiledModel:
             list(captured.warnings),
             self._quant.analysis if self._quant is not None else None))
         entry = _Entry(captured, graph, key[1])
+        if self._device is not None:  # kernels are generated now, and listed in the report
+            program = self._triton_program(graph)
+            entry.programs[str(self._device)] = program
+            self.report.records[-1].kernels = program.kernel_table()
         self._entries[key] = entry
         self._latest = entry
         return entry
@@ -185,7 +196,21 @@ class CompiledModel:
     def _graph_inputs(self, entry: _Entry, leaves: list) -> list[torch.Tensor]:
         return [leaves[i] for i in entry.captured.input_leaves]
 
+    def _triton_program(self, graph: Graph) -> TorchProgram:
+        from kernels.triton.program import TritonProgram
+
+        return TritonProgram(graph, self._device, autotune=self._autotune)
+
     def _execute(self, entry: _Entry, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self._device is not None:
+            # generated kernels run on the target's device; results go back where inputs were
+            home = inputs[0].device if inputs else self._device
+            program = entry.programs.get(str(self._device))
+            if program is None:
+                program = entry.programs[str(self._device)] = self._triton_program(entry.graph)
+            with torch.no_grad():
+                outs = program([x.to(self._device) for x in inputs])
+            return [o.to(home) for o in outs]
         if self._target.backend == "reference":
             device = inputs[0].device if inputs else torch.device("cpu")
             arrays = [x.detach().cpu().numpy() for x in inputs]
@@ -277,12 +302,19 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         `percentile`), entropy (KL divergence) or mse. min_sqnr: layers whose own output SQNR on
         the calibration data is below this (dB) stay float. keep_float: module paths (or value
         names) to keep float. The report (`compiled.report`) has the per-layer SQNR table.
+
+    cuda targets (`cuda`, `cuda-fp16`, `cuda-int8`, `cuda-int4`) run generated Triton kernels on
+    a CUDA device (or on the CPU under TRITON_INTERPRET=1); the report lists which nodes became
+    which kernels. autotune: time each kernel's candidate configs at first run, cached on disk
+    (default: on a GPU, off under the interpreter); False for quick compiles.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"compile() expects a torch.nn.Module, got {type(model).__name__}")
     info = get_target(target)
+    autotune = options.pop("autotune", None) if info.backend == "triton" else None
     if options:
-        raise TypeError(f"compile() got unknown option(s) {sorted(options)} for target {target!r}")
+        raise TypeError(f"compile() got unknown option(s) {sorted(options)} for target {target!r}"
+                        + ("" if info.backend != "triton" else "; Triton targets take autotune="))
     int8 = info.precision == "int8"
     if not int8 and (calibration is not None or min_sqnr is not None or keep_float):
         warnings.warn(f"calibration, min_sqnr and keep_float are only used by int8 targets; "
@@ -292,7 +324,7 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
     quant = QuantOptions(calibration, calibration_method, percentile, min_sqnr,
                          tuple(keep_float)) if int8 else None
     pipeline = info.pipeline if passes is None else parse_pipeline(passes)
-    compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant)
+    compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
     if example_inputs is not None:
         args, kwargs = _normalize_example(example_inputs)
         compiled._compile_for(args, kwargs)

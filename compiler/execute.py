@@ -107,16 +107,22 @@ class TorchProgram:
                     raise ExecutionError(f"{node.describe()}: constant data was elided")
                 self.constants[node.output.name] = torch.from_numpy(np.array(array)).to(device)
                 continue
-            attrs = dict(node.attrs)
-            if node.op in DEVICE_AWARE_OPS:
-                attrs["device"] = device
             out_dtypes = tuple(dtypes.to_torch(v.type.dtype) for v in node.outputs)
-            fn = TORCH_IMPLS[node.op]
-            prepare = TORCH_PREPARE.get(node.op)
-            if prepare is not None:  # e.g. an int8 weight reordered once for its kernel
-                consts = [self.constants.get(v.name) for v in node.inputs]
-                fn = prepare(consts, attrs, device) or fn
+            fn, attrs = self.lower(node)
             self.steps.append((node, fn, attrs, expired, out_dtypes))
+
+    def lower(self, node: Node) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The function that runs `node` and the keyword attributes it is called with. Backends
+        that generate kernels override this and fall back to it."""
+        attrs = dict(node.attrs)
+        if node.op in DEVICE_AWARE_OPS:
+            attrs["device"] = self.device
+        fn = TORCH_IMPLS[node.op]
+        prepare = TORCH_PREPARE.get(node.op)
+        if prepare is not None:  # e.g. an int8 weight reordered once for its kernel
+            consts = [self.constants.get(v.name) for v in node.inputs]
+            fn = prepare(consts, attrs, self.device) or fn
+        return fn, attrs
 
     def __call__(self, inputs: Sequence[torch.Tensor],
                  observe: Callable[[str, torch.Tensor], None] | None = None) -> list[torch.Tensor]:

@@ -117,7 +117,8 @@ def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...
 # Ops that only move or select elements run on int8 values unchanged and keep their input's
 # quantization (docs/quantized-ir.md); max_pool2d commutes with monotonic quantization.
 QUANT_TRANSPARENT = frozenset({"reshape", "permute", "slice", "select", "squeeze", "unsqueeze",
-                               "expand", "split", "cat", "max_pool2d", "identity"})
+                               "expand", "split", "cat", "max_pool2d", "identity",
+                               "memory_format"})
 
 
 def _pass_quant(op: str, ins: Types, types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
@@ -153,6 +154,15 @@ def build_node(op: str, inputs: Sequence[Value], attrs: Mapping[str, Any], names
 
 def _same(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     return (TensorType(ins[0].shape, ins[0].dtype),)
+
+
+def _memory_format(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    if attrs["layout"] not in ("nhwc", "nchw"):
+        raise OpTypeError("memory_format: layout must be 'nhwc' or 'nchw', got "
+                          f"{attrs['layout']!r}")
+    if len(ins[0].shape) != 4:
+        raise OpTypeError(f"memory_format: needs a 4-D (NCHW) value, got {ins[0]}")
+    return _same(ins, attrs)
 
 
 def _float_result(dtype: str) -> str:
@@ -742,6 +752,10 @@ _DECLS: list[OpDef] = [
     _op("gather", 2, _gather, ref.gather, "layout", "torch.gather along dim.",
         dim=AttrSpec("int")),
     # pooling
+    _op("memory_format", 1, _memory_format, ref.memory_format, "layout",
+        "The same NCHW tensor stored another way: nhwc (torch.channels_last) or nchw "
+        "(contiguous). Made by layout-nhwc at the graph's edges; values are unchanged.",
+        layout=AttrSpec("str")),
     _op("max_pool2d", 1, _max_pool2d, ref.max_pool2d, "reduction", "2-D max pooling, NCHW.",
         _reduction_flops, **_POOL, dilation=AttrSpec("ints", (1, 1))),
     _op("avg_pool2d", 1, _avg_pool2d, ref.avg_pool2d, "reduction", "2-D average pooling, NCHW.",

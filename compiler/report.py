@@ -46,6 +46,7 @@ class CompileRecord:
     fallbacks: list[Fallback] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     quantization: QuantAnalysis | None = None  # int8 targets with calibration data
+    kernels: list[Any] = field(default_factory=list)  # Triton targets: kernels.triton Assignment
 
 
 def _si(n: float) -> str:
@@ -117,6 +118,8 @@ class Report:
             lines += ["", "fallbacks: none (every op is in the IR)"]
         if r.quantization is not None:
             lines += ["", *quantization_lines(r.quantization)]
+        if r.kernels:
+            lines += ["", *kernel_lines(r.kernels)]
         for w in r.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
@@ -138,4 +141,17 @@ def quantization_lines(q: QuantAnalysis) -> list[str]:
         lines.append(f"  kept in float by min_sqnr={q.min_sqnr:g} dB: "
                      f"{len(q.kept_by_min_sqnr) or 'none'}")
         lines += [f"    {k}" for k in q.kept_by_min_sqnr]
+    return lines
+
+
+def kernel_lines(kernels: list[Any]) -> list[str]:
+    """Which nodes became which generated kernel, and why the others run on torch."""
+    claimed = [k for k in kernels if k.kernel is not None]
+    torch_run = [k for k in kernels if k.kernel is None]
+    lines = [f"kernels: {len(claimed)} node(s) on generated Triton kernels, {len(torch_run)} on "
+             "the torch backend"]
+    lines += [f"  {k.node[:60]:62}{k.kernel}" for k in claimed]
+    if torch_run:
+        lines.append("  torch backend (fallback):")
+        lines += [f"    {k.node[:58]:60}{k.reason}" for k in torch_run]
     return lines

@@ -28,6 +28,12 @@ _FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "remove-pru
 # int8: the float pipeline, then quantize (see passes/quantize.py) and a last cleanup.
 _INT8 = (*_FLOAT, "quantize", "dce")
 
+# cuda: the same pipelines, then activations channels-last between the graph's edges.
+_CUDA = (*_FLOAT, "layout-nhwc")
+_CUDA_FP16 = (*_FLOAT, "to-fp16", "layout-nhwc")
+_CUDA_INT8 = (*_INT8, "layout-nhwc")
+_CUDA_INT4 = (*_FLOAT, "quantize-int4", "dce", "layout-nhwc")
+
 _TARGETS = [
     Target("reference", "reference", "fp32", _FLOAT,
            "numpy interpreter: the executable specification, slow, for checking"),
@@ -35,14 +41,14 @@ _TARGETS = [
     Target("reference-int8", "reference", "int8", _INT8, "numpy interpreter of quantized IR"),
     Target("cpu-int8", "torch", "int8", _INT8,
            "int8 arithmetic: oneDNN int8 kernels (torch.ops.onednn), torch._int_mm fallback"),
-    Target("cuda", "triton", "fp32", (), "generated Triton kernels, torch fallback",
-           missing="the Triton backend is not built yet"),
-    Target("cuda-fp16", "triton", "fp16", (), "Triton kernels in fp16",
-           missing="the Triton backend is not built yet"),
-    Target("cuda-int8", "triton", "int8", (), "Triton int8 GEMM / conv kernels",
-           missing="int8 quantization and the Triton backend are not built yet"),
-    Target("cuda-int4", "triton", "int4 weight-only", (), "Triton int4 weight-only GEMM",
-           missing="int4 quantization and the Triton backend are not built yet"),
+    Target("cuda", "triton", "fp32", _CUDA,
+           "generated Triton kernels (GEMM, NHWC conv, fused elementwise, norms), torch fallback"),
+    Target("cuda-fp16", "triton", "fp16", _CUDA_FP16,
+           "Triton kernels computing in fp16 (inputs and outputs stay fp32)"),
+    Target("cuda-int8", "triton", "int8", _CUDA_INT8,
+           "Triton int8 GEMM / implicit-GEMM conv with fused epilogues"),
+    Target("cuda-int4", "triton", "int4 weight-only", _CUDA_INT4,
+           "Triton int4 weight-only GEMM (linear layers), the rest as cuda"),
 ]
 
 TARGET_INFO: dict[str, Target] = {t.name: t for t in _TARGETS}

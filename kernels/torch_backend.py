@@ -152,6 +152,8 @@ DEVICE_AWARE_OPS = {"arange", "full", "torch_op"}
 
 TORCH_IMPLS = {
     "identity": lambda x: x,
+    "memory_format": lambda x, *, layout: x.contiguous(
+        memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format),
     "dropout": lambda x, *, p: x,
     "relu": _no_attrs(torch.relu),
     "clamp": _clamp,

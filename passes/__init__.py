@@ -16,8 +16,11 @@ from passes.dce import dce
 from passes.fold_batchnorm import fold_batchnorm
 from passes.fold_constants import fold_constants
 from passes.fuse import fuse
+from passes.layout_nhwc import layout_nhwc
 from passes.quantize import quantize
+from passes.quantize_int4 import quantize_int4
 from passes.remove_pruned_channels import remove_pruned_channels
+from passes.to_fp16 import to_fp16
 
 PassFn = Callable[..., tuple[Graph, dict]]  # (graph, **options) -> (graph, stats)
 
@@ -30,4 +33,7 @@ PASSES: dict[str, PassFn] = {
     "remove-pruned-channels": remove_pruned_channels,
     "fuse": fuse,
     "quantize": quantize,
+    "to-fp16": to_fp16,
+    "layout-nhwc": layout_nhwc,
+    "quantize-int4": quantize_int4,
 }

@@ -18,6 +18,7 @@ from compiler import (
     compile,
     zoo,
 )
+from compiler.errors import DeviceUnavailableError
 from compiler.targets import TARGET_INFO
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -179,14 +180,12 @@ def test_not_a_module():
         compile(lambda x: x)
 
 
-def test_unknown_and_unimplemented_targets():
+def test_unknown_targets():
     model = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="unknown target 'gpu'") as info:
         compile(model, "gpu")
     for name in TARGETS:
         assert name in str(info.value)
-    with pytest.raises(NotImplementedError, match="cuda-int8.*not implemented yet"):
-        compile(model, "cuda-int8")
     assert compiler.TARGETS == TARGETS
     assert {"reference", "cpu", "reference-int8", "cpu-int8", "cuda", "cuda-fp16", "cuda-int8",
             "cuda-int4"} == set(TARGETS)
@@ -378,3 +377,12 @@ def test_hostile_module_names_are_carried_safely():
     assert all(c.isalnum() or c == "_" for n in graph.nodes for v in n.outputs for c in v.name)
     x = torch.randn(2, 3)
     torch.testing.assert_close(fast(x), model(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("target", ["cuda", "cuda-fp16", "cuda-int8", "cuda-int4"])
+def test_cuda_targets_without_a_gpu_say_what_to_do(target, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(DeviceUnavailableError, match="TRITON_INTERPRET=1") as info:
+        compile(nn.Linear(2, 2), target)
+    assert target in str(info.value) and "cpu" in str(info.value)

@@ -356,6 +356,9 @@ ROWS: list[Row] = [
         lambda x, i: torch.gather(x, 0, i), dim=0),
     row("0d", "gather", [lit(1.5), lit(0, torch.int64)], lambda x, i: torch.gather(x, 0, i),
         dim=0),
+    # --- storage order (layout-nhwc): the same values ---------------------------------------
+    row("nhwc", "memory_format", [f32(2, 3, 4, 5)], lambda x: x.clone(), layout="nhwc"),
+    row("nchw-i64", "memory_format", [i64(1, 2, 3, 1)], lambda x: x.clone(), layout="nchw"),
     # --- pooling ----------------------------------------------------------------------------
     row("k2s2", "max_pool2d", [f32(2, 3, 6, 6)], lambda x: F.max_pool2d(x, 2, 2),
         kernel=(2, 2), stride=(2, 2)),

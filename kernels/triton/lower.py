@@ -1,0 +1,402 @@
+"""IR nodes -> Triton kernels: which nodes the generated kernels claim, and how they are called.
+
+Each rule takes a node and the program's constants and returns a `Lowered` (the callable that
+runs the node on its input tensors, and the kernel's name for the report) or a string saying why
+the node stays on the torch backend. Weights are prepared once here (cast, reordered); the
+kernels' host wrappers check shapes and launch.
+
+Storage order: 4-D activations are channels-last between the graph's edges (`layout-nhwc`).
+Conv kernels read and write NHWC; elementwise and quantizing kernels run on the NHWC view of a
+channels-last tensor (`_as_nhwc`), so their results stay channels-last as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compiler import dtypes, ops
+from compiler.ir import Node, TensorType, Value
+from kernels.triton.codegen import Epilogue
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Lowered:
+    kernel: str  # what the report calls it, e.g. "int8 GEMM + epilogue (2 steps)"
+    fn: Callable[..., Any]  # node inputs (tensors, in order) -> result(s)
+    tune: Callable[[dict | None], None] | None = None  # set a config (autotuning)
+
+
+class Context:
+    """What a rule may read: the program's constants (on the device) and the graph's values."""
+
+    def __init__(self, constants: dict[str, Tensor]):
+        self.constants = constants
+
+    def const(self, v: Value) -> Tensor | None:
+        return self.constants.get(v.name)
+
+
+Rule = Callable[[Node, Context], "Lowered | str"]
+
+
+# --- storage order --------------------------------------------------------------------------
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def _as_nhwc(t: Tensor) -> Tensor:
+    return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
+
+
+def _nhwc_type(t: TensorType) -> TensorType:
+    if len(t.shape) != 4:
+        return t
+    b, c, h, w = t.shape
+    return TensorType((b, h, w, c), t.dtype, t.quant)
+
+
+def _back_to_nchw(t: Tensor) -> Tensor:
+    return t.permute(0, 3, 1, 2)
+
+
+# --- GEMM / conv layers ---------------------------------------------------------------------
+
+
+def _layer(node: Node) -> tuple[int, Epilogue]:
+    """How many base inputs the node has (x, weight, [w_scale], [bias], [x_scale]) and its
+    epilogue."""
+    a = node.attrs
+    types = [v.type for v in node.inputs]
+    if node.op in ("linear", "conv2d"):
+        base = len(node.inputs)
+        return base, Epilogue.none(node.outputs[0].type)
+    if node.op in ("fused_linear", "fused_conv2d"):
+        stages = tuple(ops.stage_types(node.op, types, a))
+        return 2 + a["has_bias"], Epilogue(tuple(a["epilogue"]), stages, tuple(types))
+    # qlinear / qconv2d: the accumulator's float type is the output's shape in f32
+    base = 3 + a["has_bias"] + a["dynamic"]
+    out = node.outputs[0].type
+    stages = (TensorType(out.shape, "f32"),) * (1 + len(a["epilogue"]))  # f32 throughout
+    return base, Epilogue(tuple(a["epilogue"]), stages, tuple(types))
+
+
+def _operands(epilogue: Epilogue, inputs: Sequence[Tensor]) -> dict[int, Tensor]:
+    return {i: inputs[i] for i in epilogue.operands}
+
+
+def _linear_rows(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _linear_operands(epilogue: Epilogue, inputs: Sequence[Tensor], out_shape) -> dict:
+    """Epilogue operands as [M, N] rows (or broadcastable to them) for the GEMM."""
+    m, n = int(torch.tensor(out_shape[:-1]).prod()) if len(out_shape) > 1 else 1, out_shape[-1]
+    out = {}
+    for i, t in _operands(epilogue, inputs).items():
+        out[i] = t.expand(*out_shape).reshape(m, n)
+    return out
+
+
+def _float_linear(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import gemm
+
+    base, epilogue = _layer(node)
+    w = ctx.const(node.inputs[1])
+    if w is None:
+        return "weight is not a constant"
+    x_t = node.inputs[0].type
+    if x_t.dtype not in ("f32", "f16") or node.inputs[1].type.dtype != x_t.dtype:
+        return f"dtypes {x_t.dtype} x {node.inputs[1].type.dtype}: kernels take f32 or f16"
+    if not epilogue.supported():
+        return "an epilogue step has no Triton form"
+    has_bias = base == 3
+    out_t = node.outputs[0].type
+    out_dtype = dtypes.to_torch(out_t.dtype)
+    weight = w.contiguous()
+    state: dict[str, Any] = {"config": None}
+
+    def run(x, _w, *rest):
+        bias = rest[0].float() if has_bias else None
+        inputs = (x, _w, *rest)
+        y = gemm.linear(_linear_rows(x), weight, bias=bias, epilogue=epilogue,
+                        operands=_linear_operands(epilogue, inputs, out_t.shape),
+                        out_dtype=out_dtype, config=state["config"])
+        return y.reshape(out_t.shape)
+
+    return Lowered(f"{x_t.dtype} GEMM{_steps(epilogue)}", run,
+                   lambda cfg: state.__setitem__("config", cfg))
+
+
+def _qlinear(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import gemm
+
+    a = node.attrs
+    base, epilogue = _layer(node)
+    w = ctx.const(node.inputs[1])
+    if w is None:
+        return "weight is not a constant"
+    if not epilogue.supported():
+        return "an epilogue step has no Triton form"
+    out_t = node.outputs[0].type
+    state: dict[str, Any] = {"config": None}
+    weight = w.contiguous()
+
+    def run(x, _w, w_scale, *rest):
+        bias = rest[0] if a["has_bias"] else None
+        x_scale = rest[int(a["has_bias"])].reshape(-1, 1) if a["dynamic"] else a["x_scale"]
+        inputs = (x, _w, w_scale, *rest)
+        y = gemm.qlinear(_linear_rows(x), weight, w_scale, x_scale=x_scale,
+                         x_zero_point=a["x_zero_point"], bias=bias, epilogue=epilogue,
+                         operands=_linear_operands(epilogue, inputs, out_t.shape),
+                         out_dtype=a["out_dtype"], out_scale=a["out_scale"],
+                         out_zero_point=a["out_zero_point"], config=state["config"])
+        return y.reshape(out_t.shape)
+
+    mode = "dynamic" if a["dynamic"] else "static"
+    return Lowered(f"int8 GEMM ({mode}, out {a['out_dtype']}){_steps(epilogue)}", run,
+                   lambda cfg: state.__setitem__("config", cfg))
+
+
+def _conv_support(node: Node, w_shape) -> tuple[str, str | None]:
+    """('conv' | 'depthwise', reason it is not handled or None)."""
+    from kernels.triton import conv, depthwise
+
+    a = node.attrs
+    cout, cin_g, kh, kw = w_shape
+    cin = cin_g * a["groups"]
+    geometry = ((kh, kw), tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
+                a["groups"], cin, cout)
+    if a["groups"] == 1:
+        return "conv", conv.supports(*geometry)
+    return "depthwise", depthwise.supports(*geometry)
+
+
+def _float_conv(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import conv, depthwise
+
+    a = node.attrs
+    base, epilogue = _layer(node)
+    w = ctx.const(node.inputs[1])
+    if w is None:
+        return "weight is not a constant"
+    x_t = node.inputs[0].type
+    if x_t.dtype not in ("f32", "f16") or node.inputs[1].type.dtype != x_t.dtype:
+        return f"dtypes {x_t.dtype} x {node.inputs[1].type.dtype}: kernels take f32 or f16"
+    kind, why = _conv_support(node, tuple(w.shape))
+    if why is not None:
+        return why
+    if not epilogue.supported():
+        return "an epilogue step has no Triton form"
+    has_bias = base == 3
+    out_dtype = dtypes.to_torch(node.outputs[0].type.dtype)
+    fn = conv.conv2d if kind == "conv" else depthwise.depthwise_conv2d
+    prepared = (conv.prepare_weight(w) if kind == "conv"
+                else depthwise.prepare_depthwise_weight(w))
+    state: dict[str, Any] = {"config": None}
+    geometry = dict(kernel_size=tuple(w.shape[2:]), stride=tuple(a["stride"]),
+                    padding=tuple(a["padding"]), dilation=tuple(a["dilation"]))
+
+    def run(x, _w, *rest):
+        bias = rest[0].float() if has_bias else None
+        inputs = (x, _w, *rest)
+        return fn(x, prepared, bias=bias, epilogue=epilogue,
+                  operands=_operands(epilogue, inputs), out_dtype=out_dtype,
+                  config=state["config"], **geometry)
+
+    return Lowered(f"{x_t.dtype} {kind} conv (NHWC){_steps(epilogue)}", run,
+                   lambda cfg: state.__setitem__("config", cfg))
+
+
+def _qconv(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import conv, depthwise
+
+    a = node.attrs
+    base, epilogue = _layer(node)
+    w = ctx.const(node.inputs[1])
+    if w is None:
+        return "weight is not a constant"
+    kind, why = _conv_support(node, tuple(w.shape))
+    if why is not None:
+        return why
+    if not epilogue.supported():
+        return "an epilogue step has no Triton form"
+    fn = conv.qconv2d if kind == "conv" else depthwise.depthwise_qconv2d
+    prepared = (conv.prepare_weight(w) if kind == "conv"
+                else depthwise.prepare_depthwise_weight(w))
+    state: dict[str, Any] = {"config": None}
+    geometry = dict(kernel_size=tuple(w.shape[2:]), stride=tuple(a["stride"]),
+                    padding=tuple(a["padding"]), dilation=tuple(a["dilation"]))
+
+    def run(x, _w, w_scale, *rest):
+        bias = rest[0] if a["has_bias"] else None
+        x_scale = rest[int(a["has_bias"])].reshape(1) if a["dynamic"] else a["x_scale"]
+        inputs = (x, _w, w_scale, *rest)
+        return fn(x, prepared, w_scale, x_scale=x_scale, x_zero_point=a["x_zero_point"],
+                  bias=bias, epilogue=epilogue, operands=_operands(epilogue, inputs),
+                  out_dtype=a["out_dtype"], out_scale=a["out_scale"],
+                  out_zero_point=a["out_zero_point"], config=state["config"], **geometry)
+
+    mode = "dynamic" if a["dynamic"] else "static"
+    return Lowered(f"int8 {kind} conv (NHWC, {mode}, out {a['out_dtype']}){_steps(epilogue)}",
+                   run, lambda cfg: state.__setitem__("config", cfg))
+
+
+def _int4(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import int4_gemm
+
+    a = node.attrs
+    packed, scales = ctx.const(node.inputs[1]), ctx.const(node.inputs[2])
+    if packed is None or scales is None:
+        return "packed weights are not constants"
+    out_t = node.outputs[0].type
+    state: dict[str, Any] = {"config": None}
+
+    def run(x, _p, _s, *rest):
+        bias = rest[0] if a["has_bias"] else None
+        y = int4_gemm.linear_int4(_linear_rows(x), packed, scales, group_size=a["group_size"],
+                                  bias=bias, config=state["config"])
+        return y.reshape(out_t.shape)
+
+    return Lowered(f"int4 weight-only GEMM (group {a['group_size']})", run,
+                   lambda cfg: state.__setitem__("config", cfg))
+
+
+def _steps(epilogue: Epilogue) -> str:
+    n = len(epilogue.steps)
+    return "" if n == 0 else f" + epilogue ({', '.join(s['op'] for s in epilogue.steps)})"
+
+
+# --- elementwise, reductions, quantizing ------------------------------------------------------
+
+
+def _chain(node: Node, steps: tuple, name: str) -> Lowered | str:
+    from kernels.triton import elementwise
+
+    in_types = [v.type for v in node.inputs]
+    stages = ops.stage_types("fused_elementwise", in_types, {"steps": steps})
+    why = elementwise.supports(in_types, steps, stages)
+    if why is not None:
+        return why
+    out_t = node.outputs[0].type
+
+    def run(*xs):
+        if len(out_t.shape) == 4 and any(_channels_last(x) for x in xs if x.dim() == 4):
+            # every input broadcast to the output (stride 0: no copy), seen as NHWC
+            views = [_as_nhwc(x.expand(out_t.shape)) for x in xs]
+            types = [_nhwc_type(TensorType(out_t.shape, t.dtype)) for t in in_types]
+            st = [_nhwc_type(t) for t in stages]
+            return _back_to_nchw(elementwise.fused_elementwise(views, types, steps, st))
+        return elementwise.fused_elementwise(list(xs), in_types, steps, stages)
+
+    return Lowered(name, run)
+
+
+def _fused_elementwise(node: Node, ctx: Context) -> Lowered | str:
+    steps = tuple(node.attrs["steps"])
+    return _chain(node, steps, f"fused elementwise ({', '.join(s['op'] for s in steps)})")
+
+
+def _single_elementwise(node: Node, ctx: Context) -> Lowered | str:
+    step = {"op": node.op, "args": tuple(range(len(node.inputs)))}
+    if node.attrs:
+        step["attrs"] = dict(node.attrs)
+    return _chain(node, (step,), f"elementwise ({node.op})")
+
+
+def _softmax(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import reduce
+
+    dim = node.attrs["dim"]
+    fn = reduce.softmax if node.op == "softmax" else reduce.log_softmax
+    return Lowered(f"row {node.op}", lambda x: fn(x, dim))
+
+
+def _layer_norm(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import reduce
+
+    eps = node.attrs["eps"]
+    return Lowered("row layer_norm", lambda x, w, b: reduce.layer_norm(x, w, b, eps))
+
+
+def _reduce(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import reduce
+
+    dims, keepdim = tuple(node.attrs["dims"]), node.attrs["keepdim"]
+    if not dims:
+        return "reduces no dims (the identity)"
+    return Lowered(f"reduction ({node.op})", lambda x: reduce.reduce(x, node.op, dims, keepdim))
+
+
+def _quantize(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import quant
+
+    a = node.attrs
+
+    def run(x):
+        if _channels_last(x):
+            return _back_to_nchw(quant.quantize(_as_nhwc(x), a["scale"], a["zero_point"]))
+        return quant.quantize(x, a["scale"], a["zero_point"])
+
+    return Lowered("quantize", run)
+
+
+def _dequantize(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import quant
+
+    a = node.attrs
+
+    def run(q):
+        if _channels_last(q):
+            return _back_to_nchw(quant.dequantize(_as_nhwc(q), a["scale"], a["zero_point"]))
+        return quant.dequantize(q, a["scale"], a["zero_point"])
+
+    return Lowered("dequantize", run)
+
+
+def _dynamic_quantize(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import quant
+
+    mode = node.attrs["mode"]
+
+    def run(x):
+        if mode == "tensor" and _channels_last(x):
+            q, s = quant.dynamic_quantize(_as_nhwc(x), mode)
+            return _back_to_nchw(q), s
+        return quant.dynamic_quantize(x.contiguous(), mode)
+
+    return Lowered(f"dynamic quantize (per {mode})", run)
+
+
+RULES: dict[str, Rule] = {
+    "linear": _float_linear, "fused_linear": _float_linear, "qlinear": _qlinear,
+    "conv2d": _float_conv, "fused_conv2d": _float_conv, "qconv2d": _qconv,
+    "linear_int4": _int4,
+    "fused_elementwise": _fused_elementwise,
+    "softmax": _softmax, "log_softmax": _softmax, "layer_norm": _layer_norm,
+    "sum": _reduce, "mean": _reduce, "amax": _reduce,
+    "quantize": _quantize, "dequantize": _dequantize, "dynamic_quantize": _dynamic_quantize,
+}
+for _name, _opdef in ops.OPS.items():
+    if _opdef.kind == "elementwise" and _name not in RULES and _name not in ("identity",
+                                                                              "dropout"):
+        RULES[_name] = _single_elementwise
+
+
+def lower(node: Node, ctx: Context) -> Lowered | str:
+    """The kernel for `node`, or why it runs on the torch backend."""
+    rule = RULES.get(node.op)
+    if rule is None:
+        return "no Triton kernel for this op"
+    try:
+        return rule(node, ctx)
+    except (ValueError, NotImplementedError) as e:
+        return f"not handled: {e}"
