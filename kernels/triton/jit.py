@@ -100,3 +100,9 @@ def build(source: str, name: str) -> Any:
 
 
 HEADER = "\n".join(_IMPORTS) + "\n\n\n"
+
+
+def generated_sources() -> list[str]:
+    """Every kernel source built in this process (for inspection and tests)."""
+    with _LOCK:
+        return [source for source, _, _ in _CACHE]
