@@ -89,7 +89,8 @@ _FLOAT_MATH: dict[str, Callable[[Sequence[str], Mapping[str, Any]], str]] = {
     "gelu": lambda a, at: _gelu(a[0], at["approximate"]),
     "silu": lambda a, _: f"{a[0]} * tl.sigmoid({a[0]})",
     "hardsigmoid": lambda a, _: f"({_clamp(f'({a[0]} + 3.0)', 0.0, 6.0)}) / 6.0",
-    "hardswish": lambda a, _: f"{a[0]} * ({_clamp(f'({a[0]} + 3.0)', 0.0, 6.0)}) / 6.0",
+    # x * (relu6(x + 3) / 6): dividing x * 6 instead overflows past float32's max / 6
+    "hardswish": lambda a, _: f"{a[0]} * (({_clamp(f'({a[0]} + 3.0)', 0.0, 6.0)}) / 6.0)",
     "sqrt": lambda a, _: f"tl.sqrt_rn({a[0]})",
     "rsqrt": lambda a, _: f"1.0 / tl.sqrt_rn({a[0]})",
     "exp": lambda a, _: f"tl.exp({a[0]})",
