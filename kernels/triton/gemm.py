@@ -266,8 +266,9 @@ def check_config(config: Mapping | None, default: Mapping, keys: tuple[str, ...]
         raise ValueError(f"config lacks {missing}; it needs {list(keys)}")
     for k in keys:
         v = cfg[k]
-        if not isinstance(v, int) or v < 1 or v & (v - 1):
-            raise ValueError(f"config {k} must be a positive power of two, got {v!r}")
+        if not isinstance(v, int) or v < 1 or (k.startswith("BLOCK") and v & (v - 1)):
+            raise ValueError(f"config {k} must be a positive int (a power of two for blocks), "
+                             f"got {v!r}")
     for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
         if k in keys and cfg[k] < (min_k if k == "BLOCK_K" else 16):
             raise ValueError(f"config {k} = {cfg[k]} is below {min_k if k == 'BLOCK_K' else 16}, "
