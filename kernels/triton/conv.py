@@ -1,0 +1,457 @@
+"""Implicit-GEMM conv2d (groups = 1) on NHWC activations, float and int8, with an IR epilogue.
+
+The conv is a GEMM whose A matrix is never built: rows are output pixels, columns output
+channels, and the reduction runs over the taps and the input channels of each tap.
+
+    M = B * Ho * Wo (rows in NHWC order), N = Cout, K = kh * kw * Cin (taps outer, Cin inner)
+    for each tile [BLOCK_M, BLOCK_N] of out (grouped by GROUP_M rows of tiles, for L2 reuse):
+        acc = 0                                        f32 (float) or int32 (int8)
+        for it in range(kh * kw * cdiv(Cin, BLOCK_K)):  one flat loop, so it pipelines
+            tap, c0 = divmod(it, cdiv(Cin, BLOCK_K)); r, s = divmod(tap, kw)
+            ih = oh * stride_h - pad_h + r * dil_h    (iw likewise)
+            a = x[b, ih, iw, c0:c0 + BLOCK_K]           a contiguous Cin run per pixel;
+                                                       outside the image: 0 (int8: x_zero_point)
+            b = w[n, tap, c0:c0 + BLOCK_K]              weights prepared once as [Cout, kh*kw*Cin]
+            acc += a @ b
+        int8: acc -= x_zero_point * sum_k w[n, k]      so every tap, padding too, is (x - zp) * w
+        float: y = (acc + bias).to(stage 0 dtype)
+        int8:  y = f32(acc) * (f32(x_scale) * w_scale[n]) (+ bias)     (docs/quantized-ir.md)
+        y = epilogue steps (codegen.Epilogue; residual / per-channel operands read as row views)
+        out[m, n] = y as out_dtype; int8 out: clamp(rint(y / out_scale) + out_zp), half to even
+
+Why the zero point is folded into a column sum: the padded taps must contribute (zp - zp) * w
+= 0, and int8 tensor-core dots cannot subtract zp on the fly; loading padding as zp and
+removing zp * sum(w) afterwards keeps the inner loop a plain int8 dot, exact in int32.
+
+The kernel source is generated per (dtype, epilogue, output) and built by `jit.build` when first
+used, so that Triton binds it to the GPU or to its interpreter at that moment. The epilogue and
+store phase (`Finish`) is shared with depthwise.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from compiler import dtypes
+from compiler.ir import TensorType
+from kernels.triton import host, jit
+from kernels.triton.codegen import TL, Epilogue, operand_name
+
+Pair = tuple[int, int]
+
+
+
+def _config(m: int, n: int, k: int, warps: int, stages: int) -> dict:
+    return {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "num_warps": warps,
+            "num_stages": stages}
+
+
+# Candidates for the autotuner (kernels/triton/autotune.py), sensible on H100. Each fits its
+# shared memory even for f32 operands: num_stages * (BLOCK_M + BLOCK_N) * BLOCK_K * 4 bytes
+# <= 200 KB (int8 uses a quarter of that).
+CONFIGS: list[dict] = [
+    _config(128, 128, 64, 8, 3), _config(128, 256, 32, 8, 3), _config(256, 128, 32, 8, 3),
+    _config(128, 128, 32, 8, 4), _config(128, 64, 64, 4, 4), _config(64, 128, 64, 4, 4),
+    _config(64, 64, 32, 4, 4), _config(128, 32, 32, 4, 4), _config(64, 32, 32, 2, 5),
+]
+# Small enough to be quick in the interpreter; BLOCK_K shrinks to Cin (>= 16) when not given.
+DEFAULT_CONFIG = _config(32, 32, 32, 4, 2)
+FLOAT_DTYPES = {torch.float32: "f32", torch.float16: "f16"}
+OUT_DTYPES = ("f32", "f16", "i8", "i32")
+
+
+@dataclass(frozen=True)
+class PreparedWeight:
+    """Conv weights laid out once for the kernel: `data` [Cout, kh*kw*Cin] with K ordered (tap,
+    Cin) so the K loop reads contiguous Cin runs, and for int8 `col_sum` = sum_k data[n, k]
+    (int32 [Cout]), which removes the activation zero point from the accumulator."""
+
+    data: torch.Tensor
+    kernel_size: Pair
+    col_sum: torch.Tensor | None = None
+
+
+def prepare_weight(w: torch.Tensor) -> PreparedWeight:
+    """[Cout, Cin, kh, kw] (f32, f16 or int8) -> PreparedWeight."""
+    if w.dim() != 4:
+        raise ValueError(f"conv weight must be [Cout, Cin, kh, kw], got shape {tuple(w.shape)}")
+    if w.dtype not in FLOAT_DTYPES and w.dtype != torch.int8:
+        raise ValueError(f"conv weight must be f32, f16 or int8, got {w.dtype}")
+    data = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+    col_sum = data.sum(1, dtype=torch.int32) if w.dtype == torch.int8 else None
+    return PreparedWeight(data, (int(w.shape[2]), int(w.shape[3])), col_sum)
+
+
+def supports(kernel_size, stride, padding, dilation, groups, cin, cout) -> str | None:
+    """Why this kernel cannot run a conv (None when it can): the backend falls back to torch."""
+    if groups != 1:
+        kind = "depthwise (see depthwise.py)" if groups == cin == cout else "grouped"
+        return f"implicit-GEMM conv needs groups = 1; this conv is {kind} (groups = {groups})"
+    if min(*kernel_size, *stride, *dilation, cin, cout) < 1 or min(padding) < 0:
+        return "kernel size, stride, dilation and channels must be >= 1 and padding >= 0"
+    return None
+
+
+# --- geometry and checks ------------------------------------------------------------------------
+
+
+def pair(v, what: str) -> Pair:
+    t = (v, v) if isinstance(v, int) else tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{what} must be an int or a pair, got {v!r}")
+    return t
+
+
+def geometry(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pair, Pair]:
+    return tuple(pair(v, n) for v, n in ((kernel_size, "kernel_size"), (stride, "stride"),
+                                         (padding, "padding"), (dilation, "dilation")))
+
+
+def out_size(x: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+             ) -> Pair:
+    """(Ho, Wo), or a ValueError naming the dimension that leaves no output."""
+    ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+              zip(x.shape[2:], kernel_size, stride, padding, dilation))
+    if ho < 1 or wo < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"conv of a {tuple(x.shape[2:])} image with kernel {kernel_size}, "
+                         f"stride {stride}, padding {padding}, dilation {dilation} has no output")
+    return ho, wo
+
+
+def nhwc(x: torch.Tensor, what: str) -> torch.Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"{what} must be [B, C, H, W], got shape {tuple(x.shape)}")
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.numel() >= 2**31:
+        raise ValueError(f"{what} has {x.numel()} elements; 32-bit offsets hold fewer than 2**31")
+    return x
+
+
+def config_for(config: Mapping | None, cin: int) -> dict:
+    if config is not None:
+        return dict(config)
+    block_k = min(DEFAULT_CONFIG["BLOCK_K"], max(16, 1 << (cin - 1).bit_length()))
+    return dict(DEFAULT_CONFIG, BLOCK_K=block_k)
+
+
+def out_dtype_name(out_dtype, default: str) -> str:
+    if out_dtype is None:
+        return default
+    name = dtypes.from_torch(out_dtype) if isinstance(out_dtype, torch.dtype) else out_dtype
+    if name not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
+    return name
+
+
+# --- the epilogue and store phase, shared with depthwise.py -----------------------------------
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Everything after the accumulator, as source: bias, the int8 scale (`quant`: None for
+    float, "static" or "dynamic"), the IR epilogue, and the store as `out` (a dtype name; "i32"
+    stores the raw int8 accumulator). Works on the tile variables acc, offs_m, offs_n, mask_m,
+    mask_n, and stores to out_ptr + m * som + n."""
+
+    epilogue: Epilogue
+    has_bias: bool
+    quant: str | None
+    out: str
+
+    def params(self) -> list[str]:
+        names = ["bias_ptr"] if self.has_bias else []
+        if self.quant is not None and self.out != "i32":
+            names += ["ws_ptr", "xs_ptr" if self.quant == "dynamic" else "x_scale"]
+        if self.out == "i8":
+            names += ["out_scale", "out_zp"]
+        for i in self.epilogue.operands:
+            e = operand_name(i)
+            names += [f"{e}_ptr", f"{e}_sm", f"{e}_sn"]
+        return names
+
+    def args(self, bias, w_scale, x_scale, out_scale, out_zp, operands, out_shape) -> list:
+        """Launch arguments in the order of `params`."""
+        vals = [bias] if self.has_bias else []
+        if self.quant is not None and self.out != "i32":
+            xs = x_scale if self.quant == "dynamic" else float(torch.tensor(x_scale).float())
+            vals += [w_scale, xs]
+        if self.out == "i8":
+            vals += [float(torch.tensor(out_scale).float()), int(out_zp)]
+        for i in self.epilogue.operands:
+            vals += host.rows_view(operands[i], out_shape, channels_last=True)
+        return vals
+
+    def lines(self) -> list[str]:
+        i4 = "    "
+        mask = "mask_m[:, None] & mask_n[None, :]"
+        out = [f"{i4}mask = {mask}"]
+        if self.out == "i32":
+            return out + [f"{i4}tl.store(out_ptr + offs_m[:, None] * som + offs_n[None, :], "
+                          "acc, mask=mask)"]
+        if self.quant is None:
+            out.append(f"{i4}y = acc")
+        else:
+            scale = "tl.load(xs_ptr)" if self.quant == "dynamic" else "x_scale"
+            out += [f"{i4}ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)",
+                    f"{i4}y = acc.to(tl.float32) * ({scale} * ws)[None, :]"]
+        if self.has_bias:
+            out.append(f"{i4}y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]")
+        out.append(f"{i4}y = y.to({TL[self.epilogue.stages[0].dtype]})")
+        for i in self.epilogue.operands:
+            e = operand_name(i)
+            out.append(f"{i4}{e} = tl.load({e}_ptr + offs_m[:, None] * {e}_sm + offs_n[None, :] "
+                       f"* {e}_sn, mask=mask, other=0)")
+        steps, y = self.epilogue.lines("y", i4)
+        out += steps
+        if self.out == "i8":
+            out += [f"{i4}t = tl.div_rn({y}.to(tl.float32), out_scale)",
+                    f"{i4}t = tl.minimum(tl.maximum(t, -1024.0), 1024.0)",
+                    f"{i4}f = tl.floor(t)",
+                    f"{i4}d = t - f",
+                    f"{i4}odd = f - 2.0 * tl.floor(f * 0.5)",
+                    f"{i4}r = tl.where(d > 0.5, f + 1.0, tl.where(d < 0.5, f, f + odd))",
+                    f"{i4}q = tl.minimum(tl.maximum(r + out_zp, -128.0), 127.0)",
+                    f"{i4}res = q.to(tl.int8)"]
+        else:
+            out.append(f"{i4}res = {y}.to({TL[self.out]})")
+        out.append(f"{i4}tl.store(out_ptr + offs_m[:, None] * som + offs_n[None, :], res, "
+                   "mask=mask)")
+        return out
+
+
+def make_finish(epilogue: Epilogue | None, operands: Mapping | None, out_shape, stage0: str,
+                has_bias: bool, quant: str | None, out: str) -> Finish:
+    """Check the epilogue against the conv's output and its operands; ValueError if they do not
+    fit (a wrong shape, a missing operand, a step Triton cannot write)."""
+    operands = dict(operands or {})
+    if epilogue is None:
+        epilogue = Epilogue.none(TensorType(tuple(out_shape), stage0))
+    if tuple(epilogue.stages[0].shape) != tuple(out_shape) or \
+            epilogue.stages[0].dtype != stage0:
+        raise ValueError(f"epilogue starts from {epilogue.stages[0]}, but the conv gives "
+                         f"{stage0}{list(out_shape)}")
+    if out == "i32" and (epilogue.steps or has_bias):
+        raise ValueError("out_dtype i32 returns the raw accumulator: no bias or epilogue")
+    if not epilogue.supported():
+        raise ValueError("the epilogue has a step with no Triton form")
+    if set(operands) != set(epilogue.operands):
+        raise ValueError(f"the epilogue reads inputs {sorted(epilogue.operands)}, operands "
+                         f"given for {sorted(operands)}")
+    for i, t in operands.items():
+        want = epilogue.node_inputs[i]
+        if dtypes.from_torch(t.dtype) != want.dtype:
+            raise ValueError(f"epilogue operand {i} is {t.dtype}, the epilogue expects "
+                             f"{want.dtype}")
+        try:
+            fits = torch.broadcast_shapes(t.shape, tuple(out_shape)) == tuple(out_shape)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"epilogue operand {i} of shape {tuple(t.shape)} does not "
+                             f"broadcast to the output {list(out_shape)}")
+    return Finish(epilogue, has_bias, quant, out)
+
+
+def check_quant(x_scale, x_zero_point: int, out: str, out_scale, out_zero_point: int) -> bool:
+    """Check the int8 parameters; True when x_scale is dynamic (a 1-element f32 tensor)."""
+    dynamic = isinstance(x_scale, torch.Tensor)
+    if dynamic and (x_scale.numel() != 1 or x_scale.dtype != torch.float32):
+        raise ValueError(f"dynamic x_scale must be a 1-element f32 tensor, got "
+                         f"{x_scale.dtype}{list(x_scale.shape)}")
+    if dynamic and x_zero_point != 0:
+        raise ValueError("dynamic quantization is symmetric: x_zero_point must be 0")
+    if not -128 <= int(x_zero_point) <= 127 or not -128 <= int(out_zero_point) <= 127:
+        raise ValueError("zero points must be in [-128, 127]")
+    if out == "i8" and out_scale is None:
+        raise ValueError("out_dtype i8 needs out_scale")
+    return dynamic
+
+
+def check_vector(v: torch.Tensor | None, n: int, what: str) -> torch.Tensor | None:
+    """A per-channel f32 vector [n] (bias, w_scale), made contiguous f32."""
+    if v is None:
+        return None
+    if v.numel() != n or v.dim() != 1 or not v.dtype.is_floating_point:
+        raise ValueError(f"{what} must be a float vector [{n}], got {v.dtype}{list(v.shape)}")
+    return v.to(torch.float32).contiguous()
+
+
+# --- kernel source ------------------------------------------------------------------------------
+
+_MAIN = """
+def conv2d_kernel(
+    x_ptr, w_ptr, out_ptr, {params}
+    M, N, H, W, CIN, HO, WO,
+    sxb, sxh, sxw, som,
+    zp, wsum_ptr,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    ow = offs_m % WO
+    oh = (offs_m // WO) % HO
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    x_rows = x_ptr + (offs_m // (WO * HO)) * sxb
+    w_cols = w_ptr + offs_n * (KH * KW * CIN)
+
+    n_c = tl.cdiv(CIN, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc})
+    for it in range(0, KH * KW * n_c):
+        tap = it // n_c
+        cc = (it - tap * n_c) * BLOCK_K + offs_k
+        ih = ih0 + (tap // KW) * DH
+        iw = iw0 + (tap % KW) * DW
+        inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        mask_c = cc < CIN
+        a = tl.load(x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + cc[None, :],
+                    mask=inside[:, None] & mask_c[None, :], other={pad})
+        b = tl.load(w_cols[None, :] + (tap * CIN + cc)[:, None],
+                    mask=mask_c[:, None] & mask_n[None, :], other=0)
+        acc = tl.dot(a, b, acc{dot})
+{correct}
+"""
+
+
+def _source(finish: Finish, int8: bool) -> str:
+    params = "".join(f"{p}, " for p in finish.params())
+    correct = ("    acc = acc - zp * tl.load(wsum_ptr + offs_n, mask=mask_n, other=0)[None, :]\n"
+               if int8 else "")
+    body = _MAIN.format(params=params, acc="tl.int32" if int8 else "tl.float32",
+                        pad="zp" if int8 else "0.0",
+                        dot="" if int8 else ", input_precision=DOT_PRECISION", correct=correct)
+    return jit.HEADER + body.lstrip("\n") + "\n".join(finish.lines()) + "\n"
+
+
+_KERNELS: dict[tuple, object] = {}
+
+
+def _kernel(finish: Finish, int8: bool):
+    key = (repr(finish), int8)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        kernel = _KERNELS[key] = jit.build(_source(finish, int8), "conv2d_kernel")
+    return kernel
+
+
+# --- host wrappers ------------------------------------------------------------------------------
+
+
+def _weight(w_prepared, x: torch.Tensor, kernel_size: Pair, dtype: torch.dtype
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = w_prepared.data if isinstance(w_prepared, PreparedWeight) else w_prepared
+    if isinstance(w_prepared, PreparedWeight) and w_prepared.kernel_size != kernel_size:
+        raise ValueError(f"weights were prepared for kernel {w_prepared.kernel_size}, "
+                         f"called with kernel_size {kernel_size}")
+    k = kernel_size[0] * kernel_size[1] * x.shape[1]
+    if w.dim() != 2 or w.shape[1] != k:
+        raise ValueError(f"prepared weight must be [Cout, kh*kw*Cin = {k}] for input "
+                         f"{list(x.shape)} and kernel {kernel_size}, got {list(w.shape)}")
+    if w.dtype != dtype:
+        raise ValueError(f"weight dtype {w.dtype} does not match the input's ({dtype})")
+    col_sum = w_prepared.col_sum if isinstance(w_prepared, PreparedWeight) else None
+    return w.contiguous(), col_sum
+
+
+def _launch(finish: Finish, x, w, out, extra: list, zp: int, wsum, kernel_size, stride,
+            padding, dilation, cfg: dict, precision, int8: bool) -> torch.Tensor:
+    b, cin, h, wd = x.shape
+    cout, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    m = b * ho * wo
+    grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(cout, cfg["BLOCK_N"]),)
+    sxb, _, sxh, sxw = x.stride()
+    _kernel(finish, int8)[grid](
+        x, w, out, *extra, m, cout, h, wd, cin, ho, wo, sxb, sxh, sxw, out.stride(3),
+        zp, w if wsum is None else wsum,
+        KH=kernel_size[0], KW=kernel_size[1], SH=stride[0], SW=stride[1], PH=padding[0],
+        PW=padding[1], DH=dilation[0], DW=dilation[1], DOT_PRECISION=precision,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg.get("GROUP_M", 8), num_warps=cfg.get("num_warps", 4),
+        num_stages=cfg.get("num_stages", 3), enable_fp_fusion=not int8)
+    return out
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv2d(x: torch.Tensor, w_prepared, *, kernel_size, bias: torch.Tensor | None = None,
+           stride=(1, 1), padding=(0, 0), dilation=(1, 1), epilogue: Epilogue | None = None,
+           operands: Mapping[int, torch.Tensor] | None = None, out_dtype=None,
+           config: Mapping | None = None) -> torch.Tensor:
+    """Float conv2d: x f32/f16 [B, Cin, H, W] (channels_last), weights of the same dtype from
+    `prepare_weight`, bias float [Cout]; f32 accumulation, then the epilogue from stage 0's
+    dtype. Returns [B, Cout, Ho, Wo] channels_last as out_dtype (default x's dtype)."""
+    x = nhwc(x, "conv2d input")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"conv2d input must be f32 or f16, got {x.dtype}")
+    kernel_size, stride, padding, dilation = geometry(kernel_size, stride, padding, dilation)
+    w, _ = _weight(w_prepared, x, kernel_size, x.dtype)
+    out_shape = (x.shape[0], w.shape[0], *out_size(x, kernel_size, stride, padding, dilation))
+    bias = check_vector(bias, w.shape[0], "bias")
+    out = out_dtype_name(out_dtype, FLOAT_DTYPES[x.dtype])
+    if out not in ("f32", "f16"):
+        raise ValueError(f"float conv2d stores f32 or f16, not {out}")
+    finish = make_finish(epilogue, operands, out_shape, FLOAT_DTYPES[x.dtype], bias is not None,
+                         None, out)
+    y = torch.empty(out_shape, dtype=dtypes.to_torch(out), device=x.device,
+                    memory_format=torch.channels_last)
+    extra = finish.args(bias, None, None, None, 0, operands, out_shape)
+    return _launch(finish, x, w, y, extra, 0, None, kernel_size, stride, padding, dilation,
+                   config_for(config, x.shape[1]),
+                   "ieee" if x.dtype == torch.float32 else None, False)
+
+
+def qconv2d(x: torch.Tensor, w_prepared, w_scale: torch.Tensor, *, kernel_size, x_scale,
+            x_zero_point: int = 0, bias: torch.Tensor | None = None, stride=(1, 1),
+            padding=(0, 0), dilation=(1, 1), epilogue: Epilogue | None = None,
+            operands: Mapping[int, torch.Tensor] | None = None, out_dtype: str = "f32",
+            out_scale: float | None = None, out_zero_point: int = 0,
+            config: Mapping | None = None) -> torch.Tensor:
+    """int8 conv2d (docs/quantized-ir.md, qconv2d): x int8 [B, Cin, H, W] (channels_last),
+    int8 weights from `prepare_weight`, w_scale f32 [Cout]; x_scale a float (static) or a
+    1-element f32 tensor (dynamic, zero point 0). Exact int32 accumulator, then the float32
+    epilogue; out_dtype "f32" | "f16" | "i8" (requantized with out_scale, out_zero_point) |
+    "i32" (the raw accumulator). Returns [B, Cout, Ho, Wo] channels_last."""
+    x = nhwc(x, "qconv2d input")
+    if x.dtype != torch.int8:
+        raise ValueError(f"qconv2d input must be int8, got {x.dtype}")
+    kernel_size, stride, padding, dilation = geometry(kernel_size, stride, padding, dilation)
+    w, col_sum = _weight(w_prepared, x, kernel_size, torch.int8)
+    cout = w.shape[0]
+    out_shape = (x.shape[0], cout, *out_size(x, kernel_size, stride, padding, dilation))
+    out = out_dtype_name(out_dtype, "f32")
+    dynamic = check_quant(x_scale, x_zero_point, out, out_scale, out_zero_point)
+    w_scale = check_vector(w_scale, cout, "w_scale")
+    bias = check_vector(bias, cout, "bias")
+    if col_sum is None:
+        col_sum = w.sum(1, dtype=torch.int32)
+    finish = make_finish(epilogue, operands, out_shape, "f32", bias is not None,
+                         "dynamic" if dynamic else "static", out)
+    y = torch.empty(out_shape, dtype=dtypes.to_torch(out), device=x.device,
+                    memory_format=torch.channels_last)
+    xs = x_scale.reshape(1).contiguous() if dynamic else x_scale
+    extra = finish.args(bias, w_scale, xs, out_scale, out_zero_point, operands, out_shape)
+    return _launch(finish, x, w, y, extra, int(x_zero_point), col_sum, kernel_size, stride,
+                   padding, dilation, config_for(config, x.shape[1]), None, True)
+
+
+__all__ = ["CONFIGS", "PreparedWeight", "prepare_weight", "supports", "conv2d", "qconv2d"]
