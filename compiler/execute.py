@@ -95,6 +95,8 @@ def run_reference(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray
 class TorchProgram:
     """A graph prepared for repeated torch execution on one device (constants moved once)."""
 
+    backend_name = "torch backend"
+
     def __init__(self, graph: Graph, device: torch.device):
         self.graph = graph
         self.device = device
@@ -139,7 +141,7 @@ class TorchProgram:
             try:
                 out = fn(*[env[v.name] for v in node.inputs], **attrs)
             except Exception as e:
-                raise ExecutionError(f"torch backend failed at {node.describe()}: "
+                raise ExecutionError(f"{self.backend_name} failed at {node.describe()}: "
                                      f"{type(e).__name__}: {e}") from e
             results = _results(node, out)
             for v, o, dtype in zip(node.outputs, results, out_dtypes):

@@ -30,6 +30,7 @@ class Lowered:
     kernel: str  # what the report calls it, e.g. "int8 GEMM + epilogue (2 steps)"
     fn: Callable[..., Any]  # node inputs (tensors, in order) -> result(s)
     tune: Callable[[dict | None], None] | None = None  # set a config (autotuning)
+    configs: Sequence[dict] = ()  # the kernel module's candidates for `tune`
 
 
 class Context:
@@ -133,7 +134,7 @@ def _float_linear(node: Node, ctx: Context) -> Lowered | str:
         return y.reshape(out_t.shape)
 
     return Lowered(f"{x_t.dtype} GEMM{_steps(epilogue)}", run,
-                   lambda cfg: state.__setitem__("config", cfg))
+                   lambda cfg: state.__setitem__("config", cfg), _gemm_configs(x_t))
 
 
 def _qlinear(node: Node, ctx: Context) -> Lowered | str:
@@ -163,7 +164,11 @@ def _qlinear(node: Node, ctx: Context) -> Lowered | str:
 
     mode = "dynamic" if a["dynamic"] else "static"
     return Lowered(f"int8 GEMM ({mode}, out {a['out_dtype']}){_steps(epilogue)}", run,
-                   lambda cfg: state.__setitem__("config", cfg))
+                   lambda cfg: state.__setitem__("config", cfg),
+                   _gemm_configs(node.inputs[0].type))
+
+
+_CONV_LABEL = {"conv": "implicit-GEMM conv", "depthwise": "depthwise conv"}
 
 
 def _conv_support(node: Node, w_shape) -> tuple[str, str | None]:
@@ -212,8 +217,9 @@ def _float_conv(node: Node, ctx: Context) -> Lowered | str:
                   operands=_operands(epilogue, inputs), out_dtype=out_dtype,
                   config=state["config"], **geometry)
 
-    return Lowered(f"{x_t.dtype} {kind} conv (NHWC){_steps(epilogue)}", run,
-                   lambda cfg: state.__setitem__("config", cfg))
+    return Lowered(f"{x_t.dtype} {_CONV_LABEL[kind]} (NHWC){_steps(epilogue)}", run,
+                   lambda cfg: state.__setitem__("config", cfg),
+                   conv.CONFIGS if kind == "conv" else depthwise.CONFIGS)
 
 
 def _qconv(node: Node, ctx: Context) -> Lowered | str:
@@ -246,8 +252,9 @@ def _qconv(node: Node, ctx: Context) -> Lowered | str:
                   out_zero_point=a["out_zero_point"], config=state["config"], **geometry)
 
     mode = "dynamic" if a["dynamic"] else "static"
-    return Lowered(f"int8 {kind} conv (NHWC, {mode}, out {a['out_dtype']}){_steps(epilogue)}",
-                   run, lambda cfg: state.__setitem__("config", cfg))
+    return Lowered(f"int8 {_CONV_LABEL[kind]} (NHWC, {mode}, out {a['out_dtype']})"
+                   f"{_steps(epilogue)}", run, lambda cfg: state.__setitem__("config", cfg),
+                   conv.CONFIGS if kind == "conv" else depthwise.CONFIGS)
 
 
 def _int4(node: Node, ctx: Context) -> Lowered | str:
@@ -267,7 +274,16 @@ def _int4(node: Node, ctx: Context) -> Lowered | str:
         return y.reshape(out_t.shape)
 
     return Lowered(f"int4 weight-only GEMM (group {a['group_size']})", run,
-                   lambda cfg: state.__setitem__("config", cfg))
+                   lambda cfg: state.__setitem__("config", cfg), int4_gemm.CONFIGS)
+
+
+def _gemm_configs(x: TensorType) -> Sequence[dict]:
+    from kernels.triton import gemm
+
+    rows = 1
+    for d in x.shape[:-1]:
+        rows *= d
+    return gemm.SMALL_M_CONFIGS if rows <= gemm.SMALL_M else gemm.CONFIGS
 
 
 def _steps(epilogue: Epilogue) -> str:

@@ -21,10 +21,6 @@ from compiler.ir import Graph, Node
 from kernels.triton import jit
 from kernels.triton.lower import Context, Lowered, lower
 
-# kernel module of each lowering, for its CONFIGS (tuning candidates)
-_CONFIG_MODULES = {"GEMM": "gemm", "conv (NHWC": "conv", "depthwise": "depthwise",
-                   "int4": "int4_gemm"}
-
 
 @dataclass(frozen=True)
 class Assignment:
@@ -37,6 +33,8 @@ class Assignment:
 
 
 class TritonProgram(TorchProgram):
+    backend_name = "Triton backend (torch for unclaimed nodes)"
+
     def __init__(self, graph: Graph, device: torch.device, autotune: bool | None = None):
         self.assignments: list[Assignment] = []
         self.autotune = (not jit.interpreting()) if autotune is None else autotune
@@ -61,13 +59,7 @@ def _tuned(result: Lowered, node: Node) -> Callable[..., Any]:
     """`result.fn`, which on its first call picks the fastest config for these shapes."""
     from kernels.triton import autotune
 
-    module_name = next((m for k, m in _CONFIG_MODULES.items() if k in result.kernel), None)
-    if module_name is None:
-        return result.fn
-    import importlib
-
-    configs = list(getattr(importlib.import_module(f"kernels.triton.{module_name}"), "CONFIGS",
-                           ()))
+    configs = list(result.configs)
     if not configs:
         return result.fn
     done: list[bool] = []
@@ -75,7 +67,7 @@ def _tuned(result: Lowered, node: Node) -> Callable[..., Any]:
     def run(*xs):
         if not done:
             identity = hashlib.sha256(f"{result.kernel}|{node.op}|{dict(node.attrs)!r}".encode())
-            key = tuple(tuple(x.shape) for x in xs if isinstance(x, torch.Tensor))
+            key = tuple("x".join(map(str, x.shape)) for x in xs if isinstance(x, torch.Tensor))
 
             def attempt(config):
                 result.tune(config)
