@@ -110,14 +110,15 @@ def test_linear_both_paths(shape, small_m):
 
 
 def test_linear_h100_configs_tile_shapes():
-    """A big-tile config from CONFIGS and a small-M one run correctly (one K step each)."""
+    """A big-tile config from CONFIGS and a small-M one run correctly. PRECISION tf32x3 is only
+    accepted here: the interpreter computes it in plain f32 (its GPU accuracy is unchecked)."""
     rng = _rng("linear-config")
     x, w = rng.standard_normal((20, 70), np.float32), rng.standard_normal((40, 70), np.float32)
     want = ref.linear(x, w)
     big = dict(gemm.CONFIGS[-1])
     np.testing.assert_allclose(gemm.linear(_t(x), _t(w), config=big, small_m=False).numpy(),
                                want, rtol=1e-4, atol=1e-5)
-    small = dict(gemm.SMALL_M_CONFIGS[0], BLOCK_K=32, SPLIT_K=2)
+    small = dict(gemm.SMALL_M_CONFIGS[0], BLOCK_K=32, SPLIT_K=2, PRECISION="tf32x3")
     np.testing.assert_allclose(gemm.linear(_t(x), _t(w), config=small, small_m=True).numpy(),
                                want, rtol=1e-4, atol=1e-5)
 
@@ -314,6 +315,8 @@ ERRORS = [
     (lambda: gemm.linear(_f(2, 4), _f(5, 4), small_m=False, config=dict(
         gemm.DEFAULT_CONFIG, BLOCK_N=8)), "BLOCK_N = 8 is below 16"),
     (lambda: gemm.linear(_f(2, 4), _f(5, 4), operands={2: _f(5)}), r"reads operands \[\]"),
+    (lambda: gemm.linear(_f(2, 4), _f(5, 4), config=dict(gemm.DEFAULT_SMALL_M_CONFIG,
+                                                         PRECISION="tf32")), "ieee or tf32x3"),
     (lambda: gemm.qlinear(_f(2, 4), _i8(5, 4), _f(5), x_scale=1.0), "x must be i8"),
     (lambda: gemm.qlinear(_i8(2, 4), _i8(5, 3), _f(5), x_scale=1.0), "differ in K"),
     (lambda: gemm.qlinear(_i8(2, 4), _i8(5, 4), _f(4), x_scale=1.0), "w_scale must be"),

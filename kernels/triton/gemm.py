@@ -34,14 +34,10 @@ from kernels.triton.codegen import TL, Epilogue, operand_name
 
 # H100 candidates for the autotuner: wide tiles for the tensor cores, 3-4 pipeline stages.
 CONFIGS = [
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-     "num_stages": 3},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
-    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "num_warps": w, "num_stages": st}
+    for m, n, k, w, st in [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4),
+                           (128, 128, 128, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+                           (64, 64, 128, 4, 3)]
 ]
 # Small M is bound by reading w: narrow N tiles and K split so that every SM streams weights.
 SMALL_M_CONFIGS = [
@@ -276,8 +272,19 @@ def check_config(config: Mapping | None, default: Mapping, keys: tuple[str, ...]
     return cfg
 
 
-def launch_options(cfg: Mapping) -> dict:
-    return {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+def launch_options(cfg: Mapping, a: str | None = None) -> dict:
+    """num_warps / num_stages; for f32 operands the dot's PRECISION, "ieee" unless the config
+    says "tf32x3" (three TF32 tensor-core products: about f32 accuracy, much faster on H100); for
+    int8 no float contraction, so that the epilogue rounds each product and sum as the
+    reference does (FMA would round f32(acc) * m + bias once)."""
+    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    if a == "f32":
+        opts["PRECISION"] = cfg.get("PRECISION", "ieee")
+        if opts["PRECISION"] not in ("ieee", "tf32x3"):
+            raise ValueError(f"config PRECISION must be ieee or tf32x3, got {opts['PRECISION']!r}")
+    if a == "i8":
+        opts["enable_fp_fusion"] = False
+    return opts
 
 
 def _epilogue_args(spec: _Spec, operands: Mapping | None, out_shape: tuple[int, int]) -> dict:
@@ -314,7 +321,6 @@ def _run(spec: _Spec, x: torch.Tensor, w: torch.Tensor, args: dict, config: Mapp
         return out
     args.update(x_ptr=x, w_ptr=w, out_ptr=out, M=m, N=n, K=k, stride_xm=x.stride(0),
                 stride_wn=w.stride(0), stride_om=out.stride(0))
-    extra = {"PRECISION": "ieee"} if spec.a == "f32" else {}
     min_k = 32 if spec.a == "i8" else 16
     if not (m <= SMALL_M if small_m is None else small_m):
         cfg = check_config(config, DEFAULT_CONFIG, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
@@ -323,7 +329,7 @@ def _run(spec: _Spec, x: torch.Tensor, w: torch.Tensor, args: dict, config: Mapp
         grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),)
         jit.build(source, "fx_gemm")[grid](
             *[args[a] for a in names], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], **extra, **launch_options(cfg))
+            BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], **launch_options(cfg, spec.a))
         return out
     cfg = check_config(config, DEFAULT_SMALL_M_CONFIG, ("BLOCK_M", "BLOCK_N", "BLOCK_K",
                                                         "SPLIT_K"), min_k)
@@ -338,11 +344,11 @@ def _run(spec: _Spec, x: torch.Tensor, w: torch.Tensor, args: dict, config: Mapp
     source, names = _source(spec, "split")
     jit.build(source, "fx_split")[(tiles_m * tiles_n, splits)](
         *[args[a] for a in names], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], **extra, **launch_options(cfg))
+        BLOCK_K=cfg["BLOCK_K"], **launch_options(cfg, spec.a))
     source, names = _source(spec, "reduce")
     jit.build(source, "fx_reduce")[(tiles_m, tiles_n)](
         *[args[a] for a in names], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        **launch_options(cfg))
+        **launch_options(cfg, "i8" if spec.a == "i8" else None))
     return out
 
 

@@ -149,8 +149,7 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, *, 
         args["bias_ptr"] = check_vector(bias, n, "bias")
     source, names = _source(a, bias is not None, group_size % cfg["BLOCK_K"] == 0, out_name)
     grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),)
-    extra = {"PRECISION": "ieee"} if a == "f32" else {}
     jit.build(source, "fx_int4_gemm")[grid](
-        *[args[name] for name in names], **{key: cfg[key] for key in _KEYS}, **extra,
-        **launch_options(cfg))
+        *[args[name] for name in names], **{key: cfg[key] for key in _KEYS},
+        **launch_options(cfg, a))
     return out
