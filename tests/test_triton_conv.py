@@ -202,6 +202,16 @@ def test_qconv2d_accumulator_exact(case, zp):
     np.testing.assert_array_equal(y.numpy(), expected)
 
 
+@pytest.mark.parametrize("cfg", conv.CONFIGS[::3])
+def test_qconv2d_accumulator_configs(cfg):
+    rng = _rng("qconfig", sorted(cfg.items()))
+    x, w = _int8(rng, (2, 40, 6, 6)), _int8(rng, (20, 40, 3, 3))
+    expected = rq.qconv2d_acc(x, w, -3, (1, 1), (1, 1), (1, 1), 1)
+    y = conv.qconv2d(_t(x, True), conv.prepare_weight(_t(w)), torch.ones(20), kernel_size=3,
+                     x_scale=0.5, x_zero_point=-3, padding=1, out_dtype="i32", config=cfg)
+    np.testing.assert_array_equal(y.numpy(), expected)
+
+
 def test_qconv2d_accumulator_raw_weight_tensor():
     """A plain [Cout, kh*kw*Cin] tensor works too (its column sums are made per call)."""
     rng = _rng("raw")
@@ -451,6 +461,9 @@ def _x(shape=(1, 4, 6, 6), dtype=torch.float32):
     (lambda: conv.qconv2d(_x(dtype=torch.int8), conv.prepare_weight(_x((8, 4, 3, 3),
                           torch.int8)), torch.ones(8), kernel_size=3, x_scale=0.1,
                           bias=torch.ones(8), out_dtype="i32"), "raw accumulator"),
+    (lambda: conv.qconv2d(_x(dtype=torch.int8), conv.prepare_weight(_x((8, 4, 3, 3),
+                          torch.int8)), torch.ones(8), kernel_size=3, x_scale=0.1,
+                          config=dict(conv.CONFIGS[0], BLOCK_K=16)), "BLOCK_K >= 32"),
     (lambda: depthwise.depthwise_conv2d(_x(), depthwise.prepare_depthwise_weight(
         _x((5, 1, 3, 3))), kernel_size=3), r"\[kh\*kw = 9, C = 4\]"),
     (lambda: depthwise.prepare_depthwise_weight(_x((4, 2, 3, 3))), r"\[C, 1, kh, kw\]"),

@@ -130,11 +130,26 @@ def nhwc(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def config_for(config: Mapping | None, cin: int) -> dict:
-    if config is not None:
-        return dict(config)
-    block_k = min(DEFAULT_CONFIG["BLOCK_K"], max(16, 1 << (cin - 1).bit_length()))
-    return dict(DEFAULT_CONFIG, BLOCK_K=block_k)
+def config_for(config: Mapping | None, cin: int, int8: bool) -> dict:
+    """The launch config: `config`, or the default with BLOCK_K near Cin. int8 dots need
+    BLOCK_K >= 32 on NVIDIA GPUs (16 for float)."""
+    least_k = 32 if int8 else 16
+    if config is None:
+        block_k = min(DEFAULT_CONFIG["BLOCK_K"], max(least_k, 1 << (cin - 1).bit_length()))
+        return dict(DEFAULT_CONFIG, BLOCK_K=block_k)
+    cfg = dict(config)
+    if min(cfg["BLOCK_M"], cfg["BLOCK_N"]) < 16 or cfg["BLOCK_K"] < least_k:
+        raise ValueError(f"config {cfg}: dot tiles need BLOCK_M, BLOCK_N >= 16 and BLOCK_K >= "
+                         f"{least_k}")
+    return cfg
+
+
+def empty_out(out_shape, out: str, device) -> torch.Tensor:
+    """The output, [B, C, Ho, Wo] channels_last, addressed with 32-bit offsets."""
+    if torch.Size(out_shape).numel() >= 2**31:
+        raise ValueError(f"output {list(out_shape)} needs 64-bit offsets (2**31 elements or more)")
+    return torch.empty(out_shape, dtype=dtypes.to_torch(out), device=device,
+                       memory_format=torch.channels_last)
 
 
 def out_dtype_name(out_dtype, default: str) -> str:
@@ -225,13 +240,16 @@ class Finish:
 def make_finish(epilogue: Epilogue | None, operands: Mapping | None, out_shape, stage0: str,
                 has_bias: bool, quant: str | None, out: str) -> Finish:
     """Check the epilogue against the conv's output and its operands; ValueError if they do not
-    fit (a wrong shape, a missing operand, a step Triton cannot write)."""
+    fit (a wrong shape, a missing operand, a step Triton cannot write). `stage0`: the dtype of
+    the accumulator's stage when no epilogue is given."""
     operands = dict(operands or {})
     if epilogue is None:
         epilogue = Epilogue.none(TensorType(tuple(out_shape), stage0))
-    if tuple(epilogue.stages[0].shape) != tuple(out_shape) or \
-            epilogue.stages[0].dtype != stage0:
-        raise ValueError(f"epilogue starts from {epilogue.stages[0]}, but the conv gives "
+    start = epilogue.stages[0]
+    # a float conv's accumulator may start the epilogue as any float dtype; int8's is f32
+    if tuple(start.shape) != tuple(out_shape) or start.dtype not in (
+            ("f32", "f16", "bf16") if quant is None else ("f32",)):
+        raise ValueError(f"epilogue starts from {start}, but the conv gives "
                          f"{stage0}{list(out_shape)}")
     if out == "i32" and (epilogue.steps or has_bias):
         raise ValueError("out_dtype i32 returns the raw accumulator: no bias or epilogue")
@@ -412,11 +430,10 @@ def conv2d(x: torch.Tensor, w_prepared, *, kernel_size, bias: torch.Tensor | Non
         raise ValueError(f"float conv2d stores f32 or f16, not {out}")
     finish = make_finish(epilogue, operands, out_shape, FLOAT_DTYPES[x.dtype], bias is not None,
                          None, out)
-    y = torch.empty(out_shape, dtype=dtypes.to_torch(out), device=x.device,
-                    memory_format=torch.channels_last)
+    y = empty_out(out_shape, out, x.device)
     extra = finish.args(bias, None, None, None, 0, operands, out_shape)
     return _launch(finish, x, w, y, extra, 0, None, kernel_size, stride, padding, dilation,
-                   config_for(config, x.shape[1]),
+                   config_for(config, x.shape[1], False),
                    "ieee" if x.dtype == torch.float32 else None, False)
 
 
@@ -446,12 +463,11 @@ def qconv2d(x: torch.Tensor, w_prepared, w_scale: torch.Tensor, *, kernel_size, 
         col_sum = w.sum(1, dtype=torch.int32)
     finish = make_finish(epilogue, operands, out_shape, "f32", bias is not None,
                          "dynamic" if dynamic else "static", out)
-    y = torch.empty(out_shape, dtype=dtypes.to_torch(out), device=x.device,
-                    memory_format=torch.channels_last)
+    y = empty_out(out_shape, out, x.device)
     xs = x_scale.reshape(1).contiguous() if dynamic else x_scale
     extra = finish.args(bias, w_scale, xs, out_scale, out_zero_point, operands, out_shape)
     return _launch(finish, x, w, y, extra, int(x_zero_point), col_sum, kernel_size, stride,
-                   padding, dilation, config_for(config, x.shape[1]), None, True)
+                   padding, dilation, config_for(config, x.shape[1], True), None, True)
 
 
 __all__ = ["CONFIGS", "PreparedWeight", "prepare_weight", "supports", "conv2d", "qconv2d"]

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 
 import torch
 
-from compiler import dtypes
 from kernels.triton import jit
 from kernels.triton.codegen import Epilogue
 from kernels.triton.conv import (
@@ -34,6 +33,7 @@ from kernels.triton.conv import (
     cdiv,
     check_quant,
     check_vector,
+    empty_out,
     geometry,
     make_finish,
     nhwc,
@@ -180,8 +180,7 @@ def depthwise_conv2d(x: torch.Tensor, w_prepared: torch.Tensor, *, kernel_size,
         raise ValueError(f"float depthwise conv stores f32 or f16, not {out}")
     finish = make_finish(epilogue, operands, out_shape, FLOAT_DTYPES[x.dtype], bias is not None,
                          None, out)
-    y = torch.empty(out_shape, dtype=dtypes.to_torch(out), device=x.device,
-                    memory_format=torch.channels_last)
+    y = empty_out(out_shape, out, x.device)
     extra = finish.args(bias, None, None, None, 0, operands, out_shape)
     return _launch(finish, x, w_prepared, y, extra, 0, geometry, config, False)
 
@@ -209,8 +208,7 @@ def depthwise_qconv2d(x: torch.Tensor, w_prepared: torch.Tensor, w_scale: torch.
     bias = check_vector(bias, c, "bias")
     finish = make_finish(epilogue, operands, out_shape, "f32", bias is not None,
                          "dynamic" if dynamic else "static", out)
-    y = torch.empty(out_shape, dtype=dtypes.to_torch(out), device=x.device,
-                    memory_format=torch.channels_last)
+    y = empty_out(out_shape, out, x.device)
     xs = x_scale.reshape(1).contiguous() if dynamic else x_scale
     extra = finish.args(bias, w_scale, xs, out_scale, out_zero_point, operands, out_shape)
     return _launch(finish, x, w_prepared, y, extra, int(x_zero_point), geometry, config, True)
