@@ -318,6 +318,8 @@ ERRORS = [
     (lambda: gemm.linear(_f(2, 4), _f(5, 4), config=dict(gemm.DEFAULT_SMALL_M_CONFIG,
                                                          PRECISION="tf32")), "ieee or tf32x3"),
     (lambda: gemm.qlinear(_f(2, 4), _i8(5, 4), _f(5), x_scale=1.0), "x must be i8"),
+    (lambda: gemm.qlinear(_i8(2, 4), _i8(5, 4), _f(5), x_scale=1.0,
+                          bias=torch.zeros(5, device="meta")), "all tensors must share"),
     (lambda: gemm.qlinear(_i8(2, 4), _i8(5, 3), _f(5), x_scale=1.0), "differ in K"),
     (lambda: gemm.qlinear(_i8(2, 4), _i8(5, 4), _f(4), x_scale=1.0), "w_scale must be"),
     (lambda: gemm.qlinear(_i8(2, 4), _i8(5, 4), _f(5), x_scale=_f(2)), r"\[M, 1\]"),
@@ -373,3 +375,10 @@ def test_epilogue_operand_checks():
 def test_empty_output():
     assert gemm.linear(_f(0, 4), _f(5, 4)).shape == (0, 5)
     assert gemm.qlinear(_i8(3, 4), _i8(0, 4), _f(0), x_scale=1.0).shape == (3, 0)
+
+
+def test_numpy_integer_zero_point():
+    x, w = _int8(_rng("npzp"), (2, 40)), _int8(_rng("npzp-w"), (3, 40))
+    acc = gemm.qlinear(_t(x), _t(w), torch.ones(3), x_scale=1.0, x_zero_point=np.int8(-128),
+                       out_dtype="i32")
+    np.testing.assert_array_equal(acc.numpy(), rq.qlinear_acc(x, w, -128))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from compiler import dtypes
@@ -312,8 +313,10 @@ def _epilogue_args(spec: _Spec, operands: Mapping | None, out_shape: tuple[int, 
 def _run(spec: _Spec, x: torch.Tensor, w: torch.Tensor, args: dict, config: Mapping | None,
          small_m: bool | None) -> torch.Tensor:
     (m, k), n = x.shape, w.shape[0]
-    if w.device != x.device:
-        raise ValueError(f"x is on {x.device} but w on {w.device}")
+    far = [a for a, v in dict(args, w=w).items()
+           if isinstance(v, torch.Tensor) and v.device != x.device]
+    if far:
+        raise ValueError(f"x is on {x.device} but {far} are not: all tensors must share it")
     if not spec.epilogue.supported():
         raise ValueError("the epilogue has a step without a Triton form")
     out = torch.empty((m, n), dtype=dtypes.to_torch(spec.out), device=x.device)
@@ -402,8 +405,10 @@ def qlinear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, *,
     if w.shape[1] != k:
         raise ValueError(f"x [M, K] = {list(x.shape)} and w [N, K] = {list(w.shape)} differ in K")
     args: dict = {"ws_ptr": check_vector(w_scale, n, "w_scale")}
-    if not isinstance(x_zero_point, int) or not -128 <= x_zero_point <= 127:
+    if isinstance(x_zero_point, bool) or not isinstance(x_zero_point, (int, np.integer)) \
+            or not -128 <= x_zero_point <= 127:
         raise ValueError(f"x_zero_point must be an int in [-128, 127], got {x_zero_point!r}")
+    x_zero_point = int(x_zero_point)
     if k * max(abs(-128 - x_zero_point), abs(127 - x_zero_point)) * 128 > INT32_MAX:
         raise ValueError(f"K = {k} with zero point {x_zero_point} can overflow the int32 "
                          "accumulator")
