@@ -30,6 +30,7 @@ store phase (`Finish`) is shared with depthwise.py.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -99,7 +100,10 @@ def supports(kernel_size, stride, padding, dilation, groups, cin, cout) -> str |
 
 
 def pair(v, what: str) -> Pair:
-    t = (v, v) if isinstance(v, int) else tuple(int(a) for a in v)
+    try:
+        t = (operator.index(v),) * 2
+    except TypeError:
+        t = tuple(int(a) for a in v)
     if len(t) != 2:
         raise ValueError(f"{what} must be an int or a pair, got {v!r}")
     return t
@@ -112,10 +116,13 @@ def geometry(kernel_size, stride, padding, dilation) -> tuple[Pair, Pair, Pair, 
 
 def out_size(x: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
              ) -> Pair:
-    """(Ho, Wo), or a ValueError naming the dimension that leaves no output."""
+    """(Ho, Wo), or a ValueError when the geometry is invalid or leaves no output."""
+    if min(*kernel_size, *stride, *dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"kernel {kernel_size}, stride {stride}, dilation {dilation} must be "
+                         f">= 1 and padding {padding} >= 0")
     ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
               zip(x.shape[2:], kernel_size, stride, padding, dilation))
-    if ho < 1 or wo < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+    if ho < 1 or wo < 1:
         raise ValueError(f"conv of a {tuple(x.shape[2:])} image with kernel {kernel_size}, "
                          f"stride {stride}, padding {padding}, dilation {dilation} has no output")
     return ho, wo
@@ -301,7 +308,7 @@ def check_vector(v: torch.Tensor | None, n: int, what: str) -> torch.Tensor | No
 
 _MAIN = """
 def conv2d_kernel(
-    x_ptr, w_ptr, out_ptr, {params}
+    x_ptr, w_ptr, out_ptr,{params}
     M, N, H, W, CIN, HO, WO,
     sxb, sxh, sxw, som,
     zp, wsum_ptr,
@@ -350,7 +357,7 @@ def conv2d_kernel(
 
 
 def _source(finish: Finish, int8: bool) -> str:
-    params = "".join(f"{p}, " for p in finish.params())
+    params = "".join(f" {p}," for p in finish.params())
     correct = ("    acc = acc - zp * tl.load(wsum_ptr + offs_n, mask=mask_n, other=0)[None, :]\n"
                if int8 else "")
     body = _MAIN.format(params=params, acc="tl.int32" if int8 else "tl.float32",

@@ -78,7 +78,7 @@ def supports(kernel_size, stride, padding, dilation, groups, cin, cout) -> str |
 
 _MAIN = """
 def depthwise_kernel(
-    x_ptr, w_ptr, out_ptr, {params}
+    x_ptr, w_ptr, out_ptr,{params}
     M, N, H, W, HO, WO,
     sxb, sxh, sxw, som,
     zp,
@@ -111,7 +111,7 @@ def depthwise_kernel(
 
 
 def _source(finish: Finish, int8: bool) -> str:
-    params = "".join(f"{p}, " for p in finish.params())
+    params = "".join(f" {p}," for p in finish.params())
     term = ("(xv.to(tl.int32) - zp) * wv.to(tl.int32)[None, :]" if int8 else
             "xv.to(tl.float32) * wv.to(tl.float32)[None, :]")
     body = _MAIN.format(params=params, acc="tl.int32" if int8 else "tl.float32",
