@@ -119,8 +119,10 @@ def test_linear_h100_configs_tile_shapes():
     np.testing.assert_allclose(gemm.linear(_t(x), _t(w), config=big, small_m=False).numpy(),
                                want, rtol=1e-4, atol=1e-5)
     small = dict(gemm.SMALL_M_CONFIGS[0], BLOCK_K=32, SPLIT_K=2, PRECISION="tf32x3")
-    np.testing.assert_allclose(gemm.linear(_t(x), _t(w), config=small, small_m=True).numpy(),
+    np.testing.assert_allclose(gemm.linear(_t(x), _t(w), config=small).numpy(),  # picks split-K
                                want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gemm.linear(_t(x[:3]), _t(w), config=big).numpy(),  # big tiles
+                               want[:3], rtol=1e-4, atol=1e-5)
 
 
 # --- int8 qlinear -------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ int8 operands. Big-M path, one program per [BLOCK_M, BLOCK_N] tile in grouped or
 
 Small M (M <= 16: batch-1 decoding, where a [BLOCK_M, BLOCK_N] grid has too few programs to
 fill the GPU), split-K: SPLIT_K programs per tile each reduce one K slice into an exact int32
-(or f32) workspace, and a second kernel sums the slices and runs the same epilogue.
+(or f32) workspace, and a second kernel sums the slices and runs the same epilogue. The path is
+`small_m` when given, else the config's (one with SPLIT_K is a small-M config), else M <= 16.
 """
 
 from __future__ import annotations
@@ -325,7 +326,9 @@ def _run(spec: _Spec, x: torch.Tensor, w: torch.Tensor, args: dict, config: Mapp
     args.update(x_ptr=x, w_ptr=w, out_ptr=out, M=m, N=n, K=k, stride_xm=x.stride(0),
                 stride_wn=w.stride(0), stride_om=out.stride(0))
     min_k = 32 if spec.a == "i8" else 16
-    if not (m <= SMALL_M if small_m is None else small_m):
+    if small_m is None:  # a config names its path (SPLIT_K: small M); else M decides
+        small_m = "SPLIT_K" in config if config is not None else m <= SMALL_M
+    if not small_m:
         cfg = check_config(config, DEFAULT_CONFIG, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
                            min_k)
         source, names = _source(spec, "gemm")
