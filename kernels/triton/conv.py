@@ -229,6 +229,9 @@ class Finish:
         steps, y = self.epilogue.lines("y", i4)
         out += steps
         if self.out == "i8":
+            # rint half to even from floor: exact in f32 for |t| <= 1024 (clamped first, which
+            # saturates the same), with no libdevice (absent in the interpreter) and no magic
+            # constant that a reassociating compiler could fold away; div_rn: IEEE division
             out += [f"{i4}t = tl.div_rn({y}.to(tl.float32), out_scale)",
                     f"{i4}t = tl.minimum(tl.maximum(t, -1024.0), 1024.0)",
                     f"{i4}f = tl.floor(t)",
