@@ -193,12 +193,15 @@ def _summarize(compiled, model, inputs: tuple, repeats: int) -> None:
 
 
 def _quant_options(args: argparse.Namespace, zoo_name: str | None, inputs: tuple) -> dict:
-    """compile() options of int8 targets from the command line: `--calibrate N` batches (the
-    digits model's training images, else random inputs shaped like the example)."""
+    """compile() options from the command line: for int8 targets `--calibrate N` batches (the
+    digits model's training images, else random inputs shaped like the example); for Triton
+    targets `--no-autotune`."""
+    options: dict[str, Any] = {}
+    if TARGET_INFO[args.target].backend == "triton" and getattr(args, "no_autotune", False):
+        options["autotune"] = False
     if TARGET_INFO[args.target].precision != "int8":
-        return {}
-    options: dict[str, Any] = {"calibration_method": args.calibration_method,
-                               "min_sqnr": args.min_sqnr}
+        return options
+    options.update(calibration_method=args.calibration_method, min_sqnr=args.min_sqnr)
     if args.calibrate:
         if zoo_name is not None:
             options["calibration"] = zoo.calibration_data(zoo_name, args.batch, args.calibrate)
@@ -286,6 +289,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    choices=("minmax", "percentile", "entropy", "mse"))
     g.add_argument("--min-sqnr", type=float, metavar="DB",
                    help="keep layers whose own output SQNR is below DB in float")
+    g = p.add_argument_group("cuda targets (Triton kernels)")
+    g.add_argument("--no-autotune", action="store_true",
+                   help="use each kernel's default config instead of timing its candidates")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
