@@ -668,16 +668,18 @@ def _property(kind: str, static: bool) -> Counter:
 
 # Whole-run floors, so that a change to the generator or the pipeline cannot leave the
 # properties checking float graphs only. With 30 graphs (seed 0): cnn has a quantized layer in
-# 26, 8 int8 results between layers (static) and 3 quantized epilogues; any has a quantized
-# layer in 17 (most of its convs are 1x1 or depthwise on a few channels: under 16 products per
-# output). int8 layout ops are covered by the IR tests above.
+# 26 and 8 int8 results between layers (static); any has a quantized layer in 17 (most of its
+# convs are 1x1 or depthwise on a few channels: under 16 products per output). Rare structures
+# get no floor: past its first examples Hypothesis's generation depends on the process it runs
+# in, not on the seed alone (the same seed drew 0 to 7 quantized epilogues depending on which
+# modules were imported before: measured 2026-11-22), so quantized epilogues and int8 layout ops
+# are covered by the IR tests above instead.
 def _assert_floors(kind: str, seen: Counter, static: bool) -> None:
     if EXAMPLES < 30:
         return
     share = 2 if kind == "cnn" else 5
     assert seen["graphs with a quantized layer"] >= seen["graphs"] // share, seen
     if kind == "cnn":
-        assert seen["quantized epilogues"] >= 1, seen
         assert seen["int8 results"] >= (3 if static else 0), seen
 
 
