@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only when its cold compile took at most this many seconds")
     p.add_argument("--time-limit", type=float,
                    help="seconds; once a run has taken this long, the remaining cases are "
-                        "reported as skipped (default: 480 for the full run, none for --quick)")
+                        "reported as skipped (default: 540 for the full run, none for --quick)")
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime intra-op threads "
                                                "(default: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -148,11 +148,11 @@ def resolve(args: argparse.Namespace) -> Options:
     return Options(
         quick=quick, models=models, systems=systems, batches=batches, device=device,
         out=args.out, repeats=args.repeats, min_repeats=pick(args.min_repeats, 3, 10),
-        max_repeats=pick(args.max_repeats, 5, 40), case_seconds=pick(args.case_seconds, 0.5, 4.0),
+        max_repeats=pick(args.max_repeats, 5, 40), case_seconds=pick(args.case_seconds, 0.5, 3.0),
         warmup=pick(args.warmup, 1, 1),
         block_seconds=(10.0 if args.block_ms is None else args.block_ms) / 1e3, max_block=200,
         warm_compile_limit=pick(args.warm_compile_limit, 60.0, 5.0),
-        time_limit=pick(args.time_limit, None, 480.0) or None,
+        time_limit=pick(args.time_limit, None, 540.0) or None,
         threads=args.threads or torch.get_num_threads(), progress=not args.no_progress,
         plots=not args.no_plots)
 
