@@ -119,15 +119,8 @@ def _source(finish: Finish, int8: bool) -> str:
     return jit.HEADER + body.lstrip("\n") + "\n".join(finish.lines()) + "\n"
 
 
-_KERNELS: dict[tuple, object] = {}
-
-
 def _kernel(finish: Finish, int8: bool):
-    key = (repr(finish), int8)
-    kernel = _KERNELS.get(key)
-    if kernel is None:
-        kernel = _KERNELS[key] = jit.build(_source(finish, int8), "depthwise_kernel")
-    return kernel
+    return jit.build(_source(finish, int8), "depthwise_kernel")  # cached by source and mode
 
 
 # --- host wrappers ------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def requantize_lines(y: str, q: str) -> list[str]:
             f"    {q} = tl.minimum(tl.maximum({q} + out_zp, -128.0), 127.0)"]
 
 
-_GROUPED = [  # the tutorial's grouped ordering: GROUP_M row tiles walk N together (L2 reuse)
+GROUPED_PIDS = [  # the tutorial's grouped ordering: GROUP_M row tiles walk N together (L2 reuse)
     "    pid = tl.program_id(0)",
     "    num_pid_m = tl.cdiv(M, BLOCK_M)",
     "    num_pid_n = tl.cdiv(N, BLOCK_N)",
@@ -180,7 +180,7 @@ _GROUPED = [  # the tutorial's grouped ordering: GROUP_M row tiles walk N togeth
     "    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
     "    pid_n = (pid % num_pid_in_group) // group_size_m",
 ]
-_OFFS = ["    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+TILE_OFFSETS = ["    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
          "    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)"]
 _META = ["BLOCK_M", "BLOCK_N", "BLOCK_K"]
 
@@ -192,14 +192,14 @@ def _source(s: _Spec, phase: str) -> tuple[str, list[str]]:
     if phase == "gemm":
         groups = [["x_ptr", "w_ptr", "out_ptr", *ptrs], ["M", "N", "K"],
                   ["stride_xm", "stride_wn", "stride_om", *strides], zp + scalars]
-        body = _GROUPED + _OFFS + _mainloop(s, "0", "K") + _finish(s)
+        body = GROUPED_PIDS + TILE_OFFSETS + _mainloop(s, "0", "K") + _finish(s)
         meta = _META + ["GROUP_M"]
     elif phase == "split":
         groups = [["x_ptr", "w_ptr", "part_ptr"], ["M", "N", "K", "K_SPLIT"],
                   ["stride_xm", "stride_wn"], zp]
         body = ["    pid = tl.program_id(0)", "    num_pid_n = tl.cdiv(N, BLOCK_N)",
                 "    pid_m = pid // num_pid_n", "    pid_n = pid % num_pid_n",
-                "    k_lo = tl.program_id(1) * K_SPLIT", *_OFFS,
+                "    k_lo = tl.program_id(1) * K_SPLIT", *TILE_OFFSETS,
                 *_mainloop(s, "k_lo", "tl.minimum(K - k_lo, K_SPLIT)"),
                 "    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]",
                 "    part = part_ptr + tl.program_id(1) * M * N",
@@ -208,7 +208,7 @@ def _source(s: _Spec, phase: str) -> tuple[str, list[str]]:
     else:
         groups = [["part_ptr", "out_ptr", *ptrs], ["M", "N", "SPLITS"],
                   ["stride_om", *strides], scalars]
-        body = ["    pid_m = tl.program_id(0)", "    pid_n = tl.program_id(1)", *_OFFS,
+        body = ["    pid_m = tl.program_id(0)", "    pid_n = tl.program_id(1)", *TILE_OFFSETS,
                 "    mask_in = (offs_m < M)[:, None] & (offs_n < N)[None, :]",
                 "    part = part_ptr + offs_m[:, None] * N + offs_n[None, :]",
                 f"    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={TL[s.acc]})",

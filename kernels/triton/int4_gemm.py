@@ -32,6 +32,8 @@ from compiler import dtypes
 from kernels.triton import jit
 from kernels.triton.codegen import TL
 from kernels.triton.gemm import (
+    GROUPED_PIDS,
+    TILE_OFFSETS,
     cdiv,
     check_config,
     check_matrix,
@@ -68,16 +70,8 @@ def _source(a: str, has_bias: bool, one_group: bool, out: str) -> tuple[str, lis
                  "        s = tl.load(s_ptr + cols[None, :] * stride_sn + (kk // GROUP_SIZE)"
                  "[:, None], mask=j_in[:, None], other=0.0)"]
     body = [
-        "    pid = tl.program_id(0)",
-        "    num_pid_m = tl.cdiv(M, BLOCK_M)",
-        "    num_pid_n = tl.cdiv(N, BLOCK_N)",
-        "    num_pid_in_group = GROUP_M * num_pid_n",
-        "    first_pid_m = (pid // num_pid_in_group) * GROUP_M",
-        "    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)",
-        "    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
-        "    pid_n = (pid % num_pid_in_group) // group_size_m",
-        "    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
-        "    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
+        *GROUPED_PIDS,
+        *TILE_OFFSETS,
         "    rows = offs_m % M",
         "    cols = offs_n % N",
         # ---- main loop: j indexes bytes, k = 2j (low nibble) and 2j + 1 (high nibble)

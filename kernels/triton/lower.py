@@ -107,154 +107,154 @@ def _linear_operands(epilogue: Epilogue, inputs: Sequence[Tensor], out_shape) ->
     return out
 
 
-def _float_linear(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import gemm
+class _Config:
+    """The launch config a lowered node uses; the autotuner sets it (None: the default)."""
 
+    def __init__(self):
+        self.value: dict | None = None
+
+    def set(self, config: dict | None) -> None:
+        self.value = config
+
+
+def _weighted(node: Node, ctx: Context) -> tuple[int, Epilogue, Tensor] | str:
+    """What every GEMM / conv rule needs first: base input count, epilogue, constant weight."""
     base, epilogue = _layer(node)
     w = ctx.const(node.inputs[1])
     if w is None:
         return "weight is not a constant"
-    x_t = node.inputs[0].type
-    if x_t.dtype not in ("f32", "f16") or node.inputs[1].type.dtype != x_t.dtype:
-        return f"dtypes {x_t.dtype} x {node.inputs[1].type.dtype}: kernels take f32 or f16"
     if not epilogue.supported():
         return "an epilogue step has no Triton form"
-    has_bias = base == 3
-    out_t = node.outputs[0].type
+    x_t, w_t = node.inputs[0].type, node.inputs[1].type
+    if node.op not in ("qlinear", "qconv2d") and (x_t.dtype not in ("f32", "f16")
+                                                   or w_t.dtype != x_t.dtype):
+        return f"dtypes {x_t.dtype} x {w_t.dtype}: kernels take f32 or f16"
+    return base, epilogue, w
+
+
+def _float_linear(node: Node, ctx: Context) -> Lowered | str:
+    from kernels.triton import gemm
+
+    parts = _weighted(node, ctx)
+    if isinstance(parts, str):
+        return parts
+    base, epilogue, w = parts
+    has_bias, x_t, out_t = base == 3, node.inputs[0].type, node.outputs[0].type
     out_dtype = dtypes.to_torch(out_t.dtype)
-    weight = w.contiguous()
-    state: dict[str, Any] = {"config": None}
+    weight, config = w.contiguous(), _Config()
 
     def run(x, _w, *rest):
         bias = rest[0].float() if has_bias else None
-        inputs = (x, _w, *rest)
         y = gemm.linear(_linear_rows(x), weight, bias=bias, epilogue=epilogue,
-                        operands=_linear_operands(epilogue, inputs, out_t.shape),
-                        out_dtype=out_dtype, config=state["config"])
+                        operands=_linear_operands(epilogue, (x, _w, *rest), out_t.shape),
+                        out_dtype=out_dtype, config=config.value)
         return y.reshape(out_t.shape)
 
-    return Lowered(f"{x_t.dtype} GEMM{_steps(epilogue)}", run,
-                   lambda cfg: state.__setitem__("config", cfg), _gemm_configs(x_t))
+    return Lowered(f"{x_t.dtype} GEMM{_steps(epilogue)}", run, config.set, _gemm_configs(x_t))
 
 
 def _qlinear(node: Node, ctx: Context) -> Lowered | str:
     from kernels.triton import gemm
 
-    a = node.attrs
-    base, epilogue = _layer(node)
-    w = ctx.const(node.inputs[1])
-    if w is None:
-        return "weight is not a constant"
-    if not epilogue.supported():
-        return "an epilogue step has no Triton form"
-    out_t = node.outputs[0].type
-    state: dict[str, Any] = {"config": None}
-    weight = w.contiguous()
+    parts = _weighted(node, ctx)
+    if isinstance(parts, str):
+        return parts
+    _, epilogue, w = parts
+    a, out_t = node.attrs, node.outputs[0].type
+    weight, config = w.contiguous(), _Config()
 
     def run(x, _w, w_scale, *rest):
         bias = rest[0] if a["has_bias"] else None
         x_scale = rest[int(a["has_bias"])].reshape(-1, 1) if a["dynamic"] else a["x_scale"]
-        inputs = (x, _w, w_scale, *rest)
         y = gemm.qlinear(_linear_rows(x), weight, w_scale, x_scale=x_scale,
                          x_zero_point=a["x_zero_point"], bias=bias, epilogue=epilogue,
-                         operands=_linear_operands(epilogue, inputs, out_t.shape),
+                         operands=_linear_operands(epilogue, (x, _w, w_scale, *rest),
+                                                   out_t.shape),
                          out_dtype=a["out_dtype"], out_scale=a["out_scale"],
-                         out_zero_point=a["out_zero_point"], config=state["config"])
+                         out_zero_point=a["out_zero_point"], config=config.value)
         return y.reshape(out_t.shape)
 
     mode = "dynamic" if a["dynamic"] else "static"
     return Lowered(f"int8 GEMM ({mode}, out {a['out_dtype']}){_steps(epilogue)}", run,
-                   lambda cfg: state.__setitem__("config", cfg),
-                   _gemm_configs(node.inputs[0].type))
+                   config.set, _gemm_configs(node.inputs[0].type))
 
 
 _CONV_LABEL = {"conv": "implicit-GEMM conv", "depthwise": "depthwise conv"}
 
 
-def _conv_support(node: Node, w_shape) -> tuple[str, str | None]:
-    """('conv' | 'depthwise', reason it is not handled or None)."""
+@dataclass
+class _Conv:
+    """A conv node's kernel: which one, its prepared weight, geometry and tuning candidates."""
+
+    kind: str  # conv | depthwise
+    float_fn: Callable[..., Tensor]
+    int8_fn: Callable[..., Tensor]
+    prepared: Any
+    geometry: dict[str, tuple]
+    configs: Sequence[dict]
+
+
+def _conv(node: Node, w: Tensor) -> _Conv | str:
     from kernels.triton import conv, depthwise
 
     a = node.attrs
-    cout, cin_g, kh, kw = w_shape
-    cin = cin_g * a["groups"]
-    geometry = ((kh, kw), tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
-                a["groups"], cin, cout)
-    if a["groups"] == 1:
-        return "conv", conv.supports(*geometry)
-    return "depthwise", depthwise.supports(*geometry)
+    cout, cin_g, kh, kw = w.shape
+    geometry = dict(kernel_size=(kh, kw), stride=tuple(a["stride"]),
+                    padding=tuple(a["padding"]), dilation=tuple(a["dilation"]))
+    module = conv if a["groups"] == 1 else depthwise
+    why = module.supports(*geometry.values(), a["groups"], cin_g * a["groups"], cout)
+    if why is not None:
+        return why
+    if module is conv:
+        return _Conv("conv", conv.conv2d, conv.qconv2d, conv.prepare_weight(w), geometry,
+                     conv.CONFIGS)
+    return _Conv("depthwise", depthwise.depthwise_conv2d, depthwise.depthwise_qconv2d,
+                  depthwise.prepare_depthwise_weight(w), geometry, depthwise.CONFIGS)
 
 
 def _float_conv(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import conv, depthwise
-
-    a = node.attrs
-    base, epilogue = _layer(node)
-    w = ctx.const(node.inputs[1])
-    if w is None:
-        return "weight is not a constant"
-    x_t = node.inputs[0].type
-    if x_t.dtype not in ("f32", "f16") or node.inputs[1].type.dtype != x_t.dtype:
-        return f"dtypes {x_t.dtype} x {node.inputs[1].type.dtype}: kernels take f32 or f16"
-    kind, why = _conv_support(node, tuple(w.shape))
-    if why is not None:
-        return why
-    if not epilogue.supported():
-        return "an epilogue step has no Triton form"
-    has_bias = base == 3
+    parts = _weighted(node, ctx)
+    if isinstance(parts, str):
+        return parts
+    base, epilogue, w = parts
+    c = _conv(node, w)
+    if isinstance(c, str):
+        return c
+    has_bias, config = base == 3, _Config()
     out_dtype = dtypes.to_torch(node.outputs[0].type.dtype)
-    fn = conv.conv2d if kind == "conv" else depthwise.depthwise_conv2d
-    prepared = (conv.prepare_weight(w) if kind == "conv"
-                else depthwise.prepare_depthwise_weight(w))
-    state: dict[str, Any] = {"config": None}
-    geometry = dict(kernel_size=tuple(w.shape[2:]), stride=tuple(a["stride"]),
-                    padding=tuple(a["padding"]), dilation=tuple(a["dilation"]))
 
     def run(x, _w, *rest):
         bias = rest[0].float() if has_bias else None
-        inputs = (x, _w, *rest)
-        return fn(x, prepared, bias=bias, epilogue=epilogue,
-                  operands=_operands(epilogue, inputs), out_dtype=out_dtype,
-                  config=state["config"], **geometry)
+        return c.float_fn(x, c.prepared, bias=bias, epilogue=epilogue,
+                          operands=_operands(epilogue, (x, _w, *rest)), out_dtype=out_dtype,
+                          config=config.value, **c.geometry)
 
-    return Lowered(f"{x_t.dtype} {_CONV_LABEL[kind]} (NHWC){_steps(epilogue)}", run,
-                   lambda cfg: state.__setitem__("config", cfg),
-                   conv.CONFIGS if kind == "conv" else depthwise.CONFIGS)
+    return Lowered(f"{node.inputs[0].type.dtype} {_CONV_LABEL[c.kind]} (NHWC)"
+                   f"{_steps(epilogue)}", run, config.set, c.configs)
 
 
 def _qconv(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import conv, depthwise
-
-    a = node.attrs
-    base, epilogue = _layer(node)
-    w = ctx.const(node.inputs[1])
-    if w is None:
-        return "weight is not a constant"
-    kind, why = _conv_support(node, tuple(w.shape))
-    if why is not None:
-        return why
-    if not epilogue.supported():
-        return "an epilogue step has no Triton form"
-    fn = conv.qconv2d if kind == "conv" else depthwise.depthwise_qconv2d
-    prepared = (conv.prepare_weight(w) if kind == "conv"
-                else depthwise.prepare_depthwise_weight(w))
-    state: dict[str, Any] = {"config": None}
-    geometry = dict(kernel_size=tuple(w.shape[2:]), stride=tuple(a["stride"]),
-                    padding=tuple(a["padding"]), dilation=tuple(a["dilation"]))
+    parts = _weighted(node, ctx)
+    if isinstance(parts, str):
+        return parts
+    _, epilogue, w = parts
+    c = _conv(node, w)
+    if isinstance(c, str):
+        return c
+    a, config = node.attrs, _Config()
 
     def run(x, _w, w_scale, *rest):
         bias = rest[0] if a["has_bias"] else None
         x_scale = rest[int(a["has_bias"])].reshape(1) if a["dynamic"] else a["x_scale"]
-        inputs = (x, _w, w_scale, *rest)
-        return fn(x, prepared, w_scale, x_scale=x_scale, x_zero_point=a["x_zero_point"],
-                  bias=bias, epilogue=epilogue, operands=_operands(epilogue, inputs),
-                  out_dtype=a["out_dtype"], out_scale=a["out_scale"],
-                  out_zero_point=a["out_zero_point"], config=state["config"], **geometry)
+        return c.int8_fn(x, c.prepared, w_scale, x_scale=x_scale,
+                         x_zero_point=a["x_zero_point"], bias=bias, epilogue=epilogue,
+                         operands=_operands(epilogue, (x, _w, w_scale, *rest)),
+                         out_dtype=a["out_dtype"], out_scale=a["out_scale"],
+                         out_zero_point=a["out_zero_point"], config=config.value, **c.geometry)
 
     mode = "dynamic" if a["dynamic"] else "static"
-    return Lowered(f"int8 {_CONV_LABEL[kind]} (NHWC, {mode}, out {a['out_dtype']})"
-                   f"{_steps(epilogue)}", run, lambda cfg: state.__setitem__("config", cfg),
-                   conv.CONFIGS if kind == "conv" else depthwise.CONFIGS)
+    return Lowered(f"int8 {_CONV_LABEL[c.kind]} (NHWC, {mode}, out {a['out_dtype']})"
+                   f"{_steps(epilogue)}", run, config.set, c.configs)
 
 
 def _int4(node: Node, ctx: Context) -> Lowered | str:
@@ -264,17 +264,16 @@ def _int4(node: Node, ctx: Context) -> Lowered | str:
     packed, scales = ctx.const(node.inputs[1]), ctx.const(node.inputs[2])
     if packed is None or scales is None:
         return "packed weights are not constants"
-    out_t = node.outputs[0].type
-    state: dict[str, Any] = {"config": None}
+    out_t, config = node.outputs[0].type, _Config()
 
     def run(x, _p, _s, *rest):
         bias = rest[0] if a["has_bias"] else None
         y = int4_gemm.linear_int4(_linear_rows(x), packed, scales, group_size=a["group_size"],
-                                  bias=bias, config=state["config"])
+                                  bias=bias, config=config.value)
         return y.reshape(out_t.shape)
 
-    return Lowered(f"int4 weight-only GEMM (group {a['group_size']})", run,
-                   lambda cfg: state.__setitem__("config", cfg), int4_gemm.CONFIGS)
+    return Lowered(f"int4 weight-only GEMM (group {a['group_size']})", run, config.set,
+                   int4_gemm.CONFIGS)
 
 
 def _gemm_configs(x: TensorType) -> Sequence[dict]:
@@ -352,30 +351,23 @@ def _reduce(node: Node, ctx: Context) -> Lowered | str:
     return Lowered(f"reduction ({node.op})", lambda x: reduce.reduce(x, node.op, dims, keepdim))
 
 
-def _quantize(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import quant
+def _per_tensor(op: str):
+    """quantize / dequantize: elementwise with the node's scale and zero point, on the NHWC view
+    of a channels-last tensor so that the result stays channels-last."""
 
-    a = node.attrs
+    def rule(node: Node, ctx: Context) -> Lowered | str:
+        from kernels.triton import quant
 
-    def run(x):
-        if _channels_last(x):
-            return _back_to_nchw(quant.quantize(_as_nhwc(x), a["scale"], a["zero_point"]))
-        return quant.quantize(x, a["scale"], a["zero_point"])
+        fn, a = getattr(quant, op), node.attrs
 
-    return Lowered("quantize", run)
+        def run(x):
+            if _channels_last(x):
+                return _back_to_nchw(fn(_as_nhwc(x), a["scale"], a["zero_point"]))
+            return fn(x, a["scale"], a["zero_point"])
 
+        return Lowered(op, run)
 
-def _dequantize(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import quant
-
-    a = node.attrs
-
-    def run(q):
-        if _channels_last(q):
-            return _back_to_nchw(quant.dequantize(_as_nhwc(q), a["scale"], a["zero_point"]))
-        return quant.dequantize(q, a["scale"], a["zero_point"])
-
-    return Lowered("dequantize", run)
+    return rule
 
 
 def _dynamic_quantize(node: Node, ctx: Context) -> Lowered | str:
@@ -399,7 +391,8 @@ RULES: dict[str, Rule] = {
     "fused_elementwise": _fused_elementwise,
     "softmax": _softmax, "log_softmax": _softmax, "layer_norm": _layer_norm,
     "sum": _reduce, "mean": _reduce, "amax": _reduce,
-    "quantize": _quantize, "dequantize": _dequantize, "dynamic_quantize": _dynamic_quantize,
+    "quantize": _per_tensor("quantize"), "dequantize": _per_tensor("dequantize"),
+    "dynamic_quantize": _dynamic_quantize,
 }
 for _name, _opdef in ops.OPS.items():
     if _opdef.kind == "elementwise" and _name not in RULES and _name not in ("identity",

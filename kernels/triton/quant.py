@@ -150,28 +150,28 @@ def _check(x: torch.Tensor, dtype: torch.dtype, what: str, zero_point: int | Non
         raise ValueError(f"{what}: zero_point {zero_point} is not in [-128, 127]")
 
 
+def _per_tensor(source: str, name: str, x: torch.Tensor, out_dtype: torch.dtype, scale: float,
+                zero_point: int) -> torch.Tensor:
+    """Run one of the per-tensor kernels (quantize / dequantize) over x, flattened."""
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if x.numel():
+        kernel = _build(source, name)
+        kernel[(cdiv(x.numel(), BLOCK),)](x, out, x.numel(), _f32_scale(scale), int(zero_point),
+                                          BLOCK=BLOCK)
+    return out
+
+
 def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """f32 -> int8 of the same shape: clip(rint(x / f32(scale)) + zero_point, -128, 127)."""
     _check(x, torch.float32, "quantize", zero_point)
-    x = x.contiguous()
-    q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
-    if x.numel():
-        kernel = _build(_QUANTIZE, "quantize_kernel")
-        kernel[(cdiv(x.numel(), BLOCK),)](x, q, x.numel(), _f32_scale(scale), int(zero_point),
-                                          BLOCK=BLOCK)
-    return q
+    return _per_tensor(_QUANTIZE, "quantize_kernel", x, torch.int8, scale, zero_point)
 
 
 def dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """int8 -> f32 of the same shape: f32(int32(q) - zero_point) * f32(scale)."""
     _check(q, torch.int8, "dequantize", zero_point)
-    q = q.contiguous()
-    y = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    if q.numel():
-        kernel = _build(_DEQUANTIZE, "dequantize_kernel")
-        kernel[(cdiv(q.numel(), BLOCK),)](q, y, q.numel(), _f32_scale(scale), int(zero_point),
-                                          BLOCK=BLOCK)
-    return y
+    return _per_tensor(_DEQUANTIZE, "dequantize_kernel", q, torch.float32, scale, zero_point)
 
 
 def dynamic_quantize(x: torch.Tensor, mode: str, config: Mapping[str, int] | None = None
