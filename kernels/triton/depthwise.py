@@ -14,7 +14,7 @@ one contiguous channel run per tap.
                 xv = x[b, ih, iw, n]               outside the image: 0 (int8: x_zero_point)
                 float: acc += xv * w[r * kw + s, n]
                 int8:  acc += (int32(xv) - x_zero_point) * int32(w[r * kw + s, n])   exact
-        y = bias, int8 scale, epilogue, store      (conv.Finish, shared with the GEMM conv)
+        y = bias, int8 scale, epilogue, store      (conv_common.Finish, shared with conv.py)
 
 The numerics are those of conv.py and docs/quantized-ir.md; only the accumulation differs.
 """
@@ -25,21 +25,8 @@ from collections.abc import Mapping
 
 import torch
 
-from kernels.triton import jit
+from kernels.triton import conv_common, host, jit
 from kernels.triton.codegen import Epilogue
-from kernels.triton.conv import (
-    FLOAT_DTYPES,
-    Finish,
-    cdiv,
-    check_quant,
-    check_vector,
-    empty_out,
-    geometry,
-    make_finish,
-    nhwc,
-    out_dtype_name,
-    out_size,
-)
 
 # Candidates for the autotuner (kernels/triton/autotune.py), sensible on H100: the kernel is
 # memory-bound, so wide channel runs and enough warps to cover load latency.
@@ -59,7 +46,7 @@ def prepare_depthwise_weight(w: torch.Tensor) -> torch.Tensor:
     """[C, 1, kh, kw] -> [kh*kw, C] contiguous: one contiguous channel run per tap."""
     if w.dim() != 4 or w.shape[1] != 1:
         raise ValueError(f"depthwise weight must be [C, 1, kh, kw], got shape {tuple(w.shape)}")
-    if w.dtype not in FLOAT_DTYPES and w.dtype != torch.int8:
+    if w.dtype not in conv_common.FLOAT_DTYPES and w.dtype != torch.int8:
         raise ValueError(f"depthwise weight must be f32, f16 or int8, got {w.dtype}")
     return w.reshape(w.shape[0], -1).t().contiguous()
 
@@ -110,7 +97,7 @@ def depthwise_kernel(
 """
 
 
-def _source(finish: Finish, int8: bool) -> str:
+def _source(finish: conv_common.Finish, int8: bool) -> str:
     params = "".join(f" {p}," for p in finish.params())
     term = ("(xv.to(tl.int32) - zp) * wv.to(tl.int32)[None, :]" if int8 else
             "xv.to(tl.float32) * wv.to(tl.float32)[None, :]")
@@ -119,7 +106,7 @@ def _source(finish: Finish, int8: bool) -> str:
     return jit.HEADER + body.lstrip("\n") + "\n".join(finish.lines()) + "\n"
 
 
-def _kernel(finish: Finish, int8: bool):
+def _kernel(finish: conv_common.Finish, int8: bool):
     return jit.build(_source(finish, int8), "depthwise_kernel")  # cached by source and mode
 
 
@@ -127,14 +114,15 @@ def _kernel(finish: Finish, int8: bool):
 
 
 def _geometry(x, w, kernel_size, stride, padding, dilation, dtype):
-    kernel_size, stride, padding, dilation = geometry(kernel_size, stride, padding, dilation)
+    kernel_size, stride, padding, dilation = conv_common.geometry(kernel_size, stride, padding,
+                                                                  dilation)
     taps, c = kernel_size[0] * kernel_size[1], x.shape[1]
     if w.dim() != 2 or tuple(w.shape) != (taps, c):
         raise ValueError(f"prepared depthwise weight must be [kh*kw = {taps}, C = {c}] for input "
                          f"{list(x.shape)} and kernel {kernel_size}, got {list(w.shape)}")
     if w.dtype != dtype:
         raise ValueError(f"weight dtype {w.dtype} does not match the input's ({dtype})")
-    out_shape = (x.shape[0], c, *out_size(x, kernel_size, stride, padding, dilation))
+    out_shape = (x.shape[0], c, *conv_common.out_size(x, kernel_size, stride, padding, dilation))
     return (kernel_size, stride, padding, dilation), out_shape
 
 
@@ -144,7 +132,7 @@ def _launch(finish, x, w, out, extra, zp, geometry, config, int8):
     ho, wo = out.shape[2], out.shape[3]
     cfg = dict(DEFAULT_CONFIG if config is None else config)
     m = b * ho * wo
-    grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(c, cfg["BLOCK_N"]))
+    grid = (host.cdiv(m, cfg["BLOCK_M"]), host.cdiv(c, cfg["BLOCK_N"]))
     sxb, _, sxh, sxw = x.stride()
     _kernel(finish, int8)[grid](
         x, w.contiguous(), out, *extra, m, c, h, wd, ho, wo, sxb, sxh, sxw, out.stride(3), zp,
@@ -162,18 +150,19 @@ def depthwise_conv2d(x: torch.Tensor, w_prepared: torch.Tensor, *, kernel_size,
     """Float depthwise conv: x f32/f16 [B, C, H, W] (channels_last), weights of the same dtype
     from `prepare_depthwise_weight`, bias float [C]; f32 accumulation, then the epilogue from
     stage 0's dtype. Returns [B, C, Ho, Wo] channels_last as out_dtype (default x's dtype)."""
-    x = nhwc(x, "depthwise conv input")
-    if x.dtype not in FLOAT_DTYPES:
+    x = conv_common.nhwc(x, "depthwise conv input")
+    if x.dtype not in conv_common.FLOAT_DTYPES:
         raise ValueError(f"depthwise conv input must be f32 or f16, got {x.dtype}")
     geometry, out_shape = _geometry(x, w_prepared, kernel_size, stride, padding, dilation,
                                     x.dtype)
-    bias = check_vector(bias, x.shape[1], "bias")
-    out = out_dtype_name(out_dtype, FLOAT_DTYPES[x.dtype])
+    bias = conv_common.check_vector(bias, x.shape[1], "bias")
+    out = conv_common.out_dtype_name(out_dtype, conv_common.FLOAT_DTYPES[x.dtype])
     if out not in ("f32", "f16"):
         raise ValueError(f"float depthwise conv stores f32 or f16, not {out}")
-    finish = make_finish(epilogue, operands, out_shape, FLOAT_DTYPES[x.dtype], bias is not None,
-                         None, out)
-    y = empty_out(out_shape, out, x.device)
+    finish = conv_common.make_finish(epilogue, operands, out_shape,
+                                     conv_common.FLOAT_DTYPES[x.dtype], bias is not None, None,
+                                     out)
+    y = conv_common.empty_out(out_shape, out, x.device)
     extra = finish.args(bias, None, None, None, 0, operands, out_shape)
     return _launch(finish, x, w_prepared, y, extra, 0, geometry, config, False)
 
@@ -189,19 +178,19 @@ def depthwise_qconv2d(x: torch.Tensor, w_prepared: torch.Tensor, w_scale: torch.
     [B, C, H, W] (channels_last), int8 weights from `prepare_depthwise_weight`, w_scale f32 [C],
     x_scale a float (static) or a 1-element f32 tensor (dynamic, zero point 0); out_dtype "f32"
     | "f16" | "i8" | "i32" (raw accumulator). Returns [B, C, Ho, Wo] channels_last."""
-    x = nhwc(x, "depthwise qconv input")
+    x = conv_common.nhwc(x, "depthwise qconv input")
     if x.dtype != torch.int8:
         raise ValueError(f"depthwise qconv input must be int8, got {x.dtype}")
     geometry, out_shape = _geometry(x, w_prepared, kernel_size, stride, padding, dilation,
                                     torch.int8)
-    out = out_dtype_name(out_dtype, "f32")
-    dynamic = check_quant(x_scale, x_zero_point, out, out_scale, out_zero_point)
+    out = conv_common.out_dtype_name(out_dtype, "f32")
+    dynamic = conv_common.check_quant(x_scale, x_zero_point, out, out_scale, out_zero_point)
     c = x.shape[1]
-    w_scale = check_vector(w_scale, c, "w_scale")
-    bias = check_vector(bias, c, "bias")
-    finish = make_finish(epilogue, operands, out_shape, "f32", bias is not None,
-                         "dynamic" if dynamic else "static", out)
-    y = empty_out(out_shape, out, x.device)
+    w_scale = conv_common.check_vector(w_scale, c, "w_scale")
+    bias = conv_common.check_vector(bias, c, "bias")
+    finish = conv_common.make_finish(epilogue, operands, out_shape, "f32", bias is not None,
+                                     "dynamic" if dynamic else "static", out)
+    y = conv_common.empty_out(out_shape, out, x.device)
     xs = x_scale.reshape(1).contiguous() if dynamic else x_scale
     extra = finish.args(bias, w_scale, xs, out_scale, out_zero_point, operands, out_shape)
     return _launch(finish, x, w_prepared, y, extra, int(x_zero_point), geometry, config, True)

@@ -222,71 +222,7 @@ def _source(s: _Spec, phase: str) -> tuple[str, list[str]]:
     return jit.HEADER + "\n".join(lines) + "\n", [n for g in groups for n in g]
 
 
-# --- host: checks, arguments, launch -----------------------------------------------------------
-
-
-def dtype_name(dtype: str | torch.dtype) -> str:
-    return dtypes.from_torch(dtype) if isinstance(dtype, torch.dtype) else dtypes.check(dtype)
-
-
-def check_matrix(t: object, what: str, allowed: tuple[str, ...]) -> torch.Tensor:
-    """A 2-D tensor of an allowed dtype whose last dim is contiguous (the kernels step along K
-    with stride 1; callers reshape [..., K] activations to [M, K] themselves)."""
-    if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{what} must be a 2-D tensor (reshape [..., K] to [M, K] first), "
-                         f"got {shape}")
-    if dtypes.from_torch(t.dtype) not in allowed:
-        raise ValueError(f"{what} must be {' or '.join(allowed)}, got {t.dtype}")
-    if t.shape[1] > 1 and t.stride(1) != 1:
-        raise ValueError(f"{what} must be contiguous in its last dim (stride 1), got strides "
-                         f"{t.stride()}; call .contiguous() first")
-    if t.numel() >= 2**31:
-        raise ValueError(f"{what} has {t.numel()} elements; int32 offsets allow < 2**31")
-    return t
-
-
-def check_vector(t: object, n: int, what: str) -> torch.Tensor:
-    """An f32 [n] tensor, made contiguous."""
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != (n,):
-        got = f"{t.dtype}{list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{what} must be a float32 tensor of shape [{n}], got {got}")
-    return t.contiguous()
-
-
-def check_config(config: Mapping | None, default: Mapping, keys: tuple[str, ...],
-                 min_k: int) -> dict:
-    """The launch config (default when None): power-of-two blocks, >= 16 on the dot dims
-    (tl.dot's smallest tile) and BLOCK_K >= min_k (int8 MMA reduces 32 at a time)."""
-    cfg = dict(default if config is None else config)
-    missing = [k for k in keys if k not in cfg]
-    if missing:
-        raise ValueError(f"config lacks {missing}; it needs {list(keys)}")
-    for k in keys:
-        v = cfg[k]
-        if not isinstance(v, int) or v < 1 or (k.startswith("BLOCK") and v & (v - 1)):
-            raise ValueError(f"config {k} must be a positive int (a power of two for blocks), "
-                             f"got {v!r}")
-    for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-        if k in keys and cfg[k] < (min_k if k == "BLOCK_K" else 16):
-            raise ValueError(f"config {k} = {cfg[k]} is below {min_k if k == 'BLOCK_K' else 16}, "
-                             "the smallest tile tl.dot takes here")
-    return cfg
-
-
-def launch_options(cfg: Mapping, a: str | None = None) -> dict:
-    """num_warps / num_stages; for f32 operands the dot's PRECISION, "ieee" unless the config
-    says "tf32x3" (three TF32 tensor-core products: about f32 accuracy, much faster on H100); for
-    int8 no float contraction, so that the epilogue rounds each product and sum as the
-    reference does (FMA would round f32(acc) * m + bias once)."""
-    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-    if a == "f32":
-        opts["PRECISION"] = cfg.get("PRECISION", "ieee")
-        if opts["PRECISION"] not in ("ieee", "tf32x3"):
-            raise ValueError(f"config PRECISION must be ieee or tf32x3, got {opts['PRECISION']!r}")
-    if a == "i8":
-        opts["enable_fp_fusion"] = False
-    return opts
+# --- host: arguments, launch -------------------------------------------------------------------
 
 
 def _epilogue_args(spec: _Spec, operands: Mapping | None, out_shape: tuple[int, int]) -> dict:
@@ -329,37 +265,33 @@ def _run(spec: _Spec, x: torch.Tensor, w: torch.Tensor, args: dict, config: Mapp
     if small_m is None:  # a config names its path (SPLIT_K: small M); else M decides
         small_m = "SPLIT_K" in config if config is not None else m <= SMALL_M
     if not small_m:
-        cfg = check_config(config, DEFAULT_CONFIG, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
-                           min_k)
+        cfg = host.check_config(config, DEFAULT_CONFIG,
+                                ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), min_k)
         source, names = _source(spec, "gemm")
-        grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),)
+        grid = (host.cdiv(m, cfg["BLOCK_M"]) * host.cdiv(n, cfg["BLOCK_N"]),)
         jit.build(source, "fx_gemm")[grid](
             *[args[a] for a in names], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], **launch_options(cfg, spec.a))
+            BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"], **host.launch_options(cfg, spec.a))
         return out
-    cfg = check_config(config, DEFAULT_SMALL_M_CONFIG, ("BLOCK_M", "BLOCK_N", "BLOCK_K",
-                                                        "SPLIT_K"), min_k)
-    k_split = cdiv(cdiv(max(k, 1), cfg["SPLIT_K"]), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
-    splits = max(1, cdiv(k, k_split))
+    cfg = host.check_config(config, DEFAULT_SMALL_M_CONFIG,
+                            ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"), min_k)
+    k_split = host.cdiv(host.cdiv(max(k, 1), cfg["SPLIT_K"]), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    splits = max(1, host.cdiv(k, k_split))
     if splits * m * n >= 2**31:
         raise ValueError(f"split-K workspace of {splits} x {m} x {n} needs int64 offsets; use "
                          "the big-M path (small_m=False)")
     args.update(part_ptr=torch.empty((splits, m, n), dtype=dtypes.to_torch(spec.acc),
                                      device=x.device), K_SPLIT=k_split, SPLITS=splits)
-    tiles_m, tiles_n = cdiv(m, cfg["BLOCK_M"]), cdiv(n, cfg["BLOCK_N"])
+    tiles_m, tiles_n = host.cdiv(m, cfg["BLOCK_M"]), host.cdiv(n, cfg["BLOCK_N"])
     source, names = _source(spec, "split")
     jit.build(source, "fx_split")[(tiles_m * tiles_n, splits)](
         *[args[a] for a in names], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], **launch_options(cfg, spec.a))
+        BLOCK_K=cfg["BLOCK_K"], **host.launch_options(cfg, spec.a))
     source, names = _source(spec, "reduce")
     jit.build(source, "fx_reduce")[(tiles_m, tiles_n)](
         *[args[a] for a in names], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        **launch_options(cfg, "i8" if spec.a == "i8" else None))
+        **host.launch_options(cfg, "i8" if spec.a == "i8" else None))
     return out
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -373,13 +305,13 @@ def linear(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None
     in float32 (f32 exactly: tl.dot in "ieee" precision, no TF32); bias f32 [N]. The
     accumulator is rounded to epilogue.stages[0]'s dtype before the steps, as the unfused graph
     holds it; the result is stored as out_dtype (f32 or f16, default x's dtype)."""
-    check_matrix(x, "x", ("f32", "f16"))
-    check_matrix(w, "w", ("f32", "f16"))
+    host.check_matrix(x, "x", ("f32", "f16"))
+    host.check_matrix(w, "w", ("f32", "f16"))
     if x.dtype != w.dtype or x.shape[1] != w.shape[1]:
         raise ValueError(f"x {x.dtype}{list(x.shape)} and w {w.dtype}{list(w.shape)} must share "
                          "dtype and K (w is [N, K])")
     a = dtypes.from_torch(x.dtype)
-    out = a if out_dtype is None else dtype_name(out_dtype)
+    out = a if out_dtype is None else host.dtype_name(out_dtype)
     if out not in ("f32", "f16"):
         raise ValueError(f"linear out_dtype must be f32 or f16, got {out}")
     epilogue = epilogue or Epilogue.none(TensorType((x.shape[0], w.shape[0]), a))
@@ -388,7 +320,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None
     spec = _Spec(a, bias is not None, False, False, out, epilogue)
     args = _epilogue_args(spec, operands, (x.shape[0], w.shape[0]))
     if bias is not None:
-        args["bias_ptr"] = check_vector(bias, w.shape[0], "bias")
+        args["bias_ptr"] = host.check_vector(bias, w.shape[0], "bias")
     return _run(spec, x, w, args, config, small_m)
 
 
@@ -402,12 +334,12 @@ def qlinear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, *,
     x_scale a float (static; with x_zero_point) or an f32 [M, 1] tensor (dynamic, per row, zero
     point 0). out_dtype: "f32", "f16", "i8" (requantized with out_scale / out_zero_point) or
     "i32" (the raw accumulator, before scales, bias and epilogue: for tests)."""
-    check_matrix(x, "x", ("i8",))
-    check_matrix(w, "w", ("i8",))
+    host.check_matrix(x, "x", ("i8",))
+    host.check_matrix(w, "w", ("i8",))
     (m, k), n = x.shape, w.shape[0]
     if w.shape[1] != k:
         raise ValueError(f"x [M, K] = {list(x.shape)} and w [N, K] = {list(w.shape)} differ in K")
-    args: dict = {"ws_ptr": check_vector(w_scale, n, "w_scale")}
+    args: dict = {"ws_ptr": host.check_vector(w_scale, n, "w_scale")}
     if isinstance(x_zero_point, bool) or not isinstance(x_zero_point, (int, np.integer)) \
             or not -128 <= x_zero_point <= 127:
         raise ValueError(f"x_zero_point must be an int in [-128, 127], got {x_zero_point!r}")
@@ -438,6 +370,6 @@ def qlinear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, *,
     if out_dtype != "i32":
         args.update(_epilogue_args(spec, operands, (m, n)))
     if bias is not None:
-        args["bias_ptr"] = check_vector(bias, n, "bias")
+        args["bias_ptr"] = host.check_vector(bias, n, "bias")
     args["x_zp"] = x_zero_point
     return _run(spec, x, w, args, config, small_m)

@@ -31,9 +31,8 @@ import torch
 from compiler import dtypes
 from kernels.triton import jit
 from kernels.triton.codegen import TL
-from kernels.triton.gemm import (
-    GROUPED_PIDS,
-    TILE_OFFSETS,
+from kernels.triton.gemm import GROUPED_PIDS, TILE_OFFSETS
+from kernels.triton.host import (
     cdiv,
     check_config,
     check_matrix,
