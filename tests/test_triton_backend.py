@@ -203,3 +203,22 @@ def test_autotune_caches_configs_on_disk(tmp_path, monkeypatch):
     files = list((tmp_path / "autotune").glob("*.json"))
     assert files, list(tmp_path.rglob("*"))
     assert (tmp_path / "autotune").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.slow
+def test_zoo_mobilenetv2_cuda_int8_and_cuda_match_their_references():
+    """Depthwise and pointwise convs, relu6 epilogues, int8 flowing through residual blocks:
+    cuda-int8 against reference-int8 on the same IR (1 LSB of the last layer's scale), cuda
+    against eager (rtol 1e-4 / atol 1e-5)."""
+    model, inputs = zoo.build("mobilenetv2", 1)
+    calibration = zoo.calibration_data("mobilenetv2", 1, 2)
+    fast = compile(model, "cuda-int8", example_inputs=inputs, calibration=calibration)
+    ref = compile(model, "reference-int8", example_inputs=inputs, calibration=calibration)
+    got, expected = fast(*inputs), ref(*inputs)
+    scale = max(n.attrs["x_scale"] for n in fast.graph.nodes if n.op == "qlinear")
+    torch.testing.assert_close(got, expected, rtol=0, atol=scale)
+    claimed = _claimed_ops(fast)
+    assert {"qconv2d", "fused_conv2d"} <= claimed, _kernels(fast)  # depthwise 3x3 stays float
+    cuda = compile(model, "cuda", example_inputs=inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(cuda(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
