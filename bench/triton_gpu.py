@@ -36,8 +36,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import compiler
 from bench.metrics import first_tensor, output_error
 from bench.timing import interleaved_samples, machine
+from compiler.ir import TensorType
+from kernels.triton import conv, gemm
+from kernels.triton.codegen import Epilogue
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("gemm", "epilogue", "conv", "e2e")
@@ -84,14 +88,12 @@ def _int8(shape, device) -> torch.Tensor:
 
 
 def bench_gemm(b: Bench) -> None:
-    from kernels.triton import gemm
-
     nk = 64 if b.smoke else 8192
     for m in ((1, 16, 40) if b.smoke else (1, 16, 128, 4096, 8192)):
-        _gemm_case(b, gemm, m, nk)
+        _gemm_case(b, m, nk)
 
 
-def _gemm_case(b: Bench, gemm, m: int, nk: int) -> None:
+def _gemm_case(b: Bench, m: int, nk: int) -> None:
     x, w = _int8((m, nk), b.device), _int8((nk, nk), b.device)
     ones = torch.ones(nk, device=b.device)
     xp = torch.cat([x, x.new_zeros(32 - m, nk)]) if m <= 16 else x
@@ -115,15 +117,11 @@ def _gemm_case(b: Bench, gemm, m: int, nk: int) -> None:
 
 
 def bench_epilogue(b: Bench) -> None:
-    from compiler.ir import TensorType
-    from kernels.triton import gemm
-    from kernels.triton.codegen import Epilogue
-
     for m, nk in (((40, 64),) if b.smoke else ((4096, 4096), (8192, 8192))):
-        _epilogue_case(b, gemm, TensorType, Epilogue, m, nk)
+        _epilogue_case(b, m, nk)
 
 
-def _epilogue_case(b: Bench, gemm, TensorType, Epilogue, m: int, nk: int) -> None:  # noqa: N803
+def _epilogue_case(b: Bench, m: int, nk: int) -> None:
     x, w = _int8((m, nk), b.device), _int8((nk, nk), b.device)
     w_scale = torch.rand(nk, device=b.device) * 1e-3 + 1e-4
     bias = torch.randn(nk, device=b.device)
@@ -153,17 +151,13 @@ def _epilogue_case(b: Bench, gemm, TensorType, Epilogue, m: int, nk: int) -> Non
 
 
 def bench_conv(b: Bench) -> None:
-    from compiler.ir import TensorType
-    from kernels.triton import conv
-    from kernels.triton.codegen import Epilogue
-
     batch = 2 if b.smoke else 64
     layers = [(8, 16, 6, 3, 1), (16, 8, 5, 1, 2)] if b.smoke else RESNET_LAYERS
     for layer in layers:
-        _conv_case(b, conv, TensorType, Epilogue, batch, *layer)
+        _conv_case(b, batch, *layer)
 
 
-def _conv_case(b: Bench, conv, TensorType, Epilogue, batch, cin, cout, h, k, s) -> None:  # noqa: N803
+def _conv_case(b: Bench, batch, cin, cout, h, k, s) -> None:
     pad = k // 2
     x = _int8((batch, cin, h, h), b.device).contiguous(memory_format=torch.channels_last)
     w = _int8((cout, cin, k, k), b.device)
@@ -211,14 +205,12 @@ def _models(b: Bench) -> list[tuple[str, Any, tuple]]:
 
 
 def bench_e2e(b: Bench) -> None:
-    import compiler
-
     targets = ("cuda-int8",) if b.smoke else ("cuda", "cuda-fp16", "cuda-int8", "cuda-int4")
     for name, model, inputs in _models(b):
-        _e2e_case(b, compiler, targets, name, model, inputs)
+        _e2e_case(b, targets, name, model, inputs)
 
 
-def _e2e_case(b: Bench, compiler, targets, name, model, inputs) -> None:
+def _e2e_case(b: Bench, targets, name, model, inputs) -> None:
     model = model.to(b.device).eval()
     inputs = tuple(x.to(b.device) for x in inputs)
     with torch.no_grad():

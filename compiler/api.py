@@ -186,7 +186,7 @@ class CompiledModel:
         if self._device is not None:  # kernels are generated now, and listed in the report
             program = self._triton_program(graph)
             entry.programs[str(self._device)] = program
-            self.report.records[-1].kernels = program.kernel_table()
+            self.report.records[-1].kernels = list(program.assignments)
         self._entries[key] = entry
         self._latest = entry
         return entry

@@ -39,6 +39,7 @@ from kernels.triton import jit
 from kernels.triton.codegen import Epilogue
 from kernels.triton.conv_common import (
     FLOAT_DTYPES,
+    PIXELS,
     Finish,
     Pair,
     check_quant,
@@ -141,14 +142,7 @@ def conv2d_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    ow = offs_m % WO
-    oh = (offs_m // WO) % HO
-    ih0 = oh * SH - PH
-    iw0 = ow * SW - PW
-    x_rows = x_ptr + (offs_m // (WO * HO)) * sxb
-    w_cols = w_ptr + offs_n * (KH * KW * CIN)
+{pixels}    w_cols = w_ptr + offs_n * (KH * KW * CIN)
 
     n_c = tl.cdiv(CIN, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc})
@@ -172,7 +166,8 @@ def _source(finish: Finish, int8: bool) -> str:
     params = "".join(f" {p}," for p in finish.params())
     correct = ("    acc = acc - zp * tl.load(wsum_ptr + offs_n, mask=mask_n, other=0)[None, :]\n"
                if int8 else "")
-    body = _MAIN.format(params=params, acc="tl.int32" if int8 else "tl.float32",
+    body = _MAIN.format(params=params, pixels=PIXELS,
+                        acc="tl.int32" if int8 else "tl.float32",
                         pad="zp" if int8 else "0.0",
                         dot="" if int8 else ", input_precision=DOT_PRECISION", correct=correct)
     return jit.HEADER + body.lstrip("\n") + "\n".join(finish.lines()) + "\n"

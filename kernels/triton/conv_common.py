@@ -23,6 +23,18 @@ Pair = tuple[int, int]
 FLOAT_DTYPES = {torch.float32: "f32", torch.float16: "f16"}
 OUT_DTYPES = ("f32", "f16", "i8", "i32")
 
+# Kernel source shared by both conv kernels: each output row m of the [M = B*Ho*Wo, N] tile is a
+# pixel (b, oh, ow) in NHWC order; its first input tap is at (ih0, iw0) of image b.
+PIXELS = """\
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    ow = offs_m % WO
+    oh = (offs_m // WO) % HO
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    x_rows = x_ptr + (offs_m // (WO * HO)) * sxb
+"""
+
 
 # --- geometry and checks ------------------------------------------------------------------------
 

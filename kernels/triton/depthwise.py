@@ -75,14 +75,7 @@ def depthwise_kernel(
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    ow = offs_m % WO
-    oh = (offs_m // WO) % HO
-    ih0 = oh * SH - PH
-    iw0 = ow * SW - PW
-    x_rows = x_ptr + (offs_m // (WO * HO)) * sxb
-
+{pixels}
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc})
     for r in range(KH):
         ih = ih0 + r * DH
@@ -101,7 +94,8 @@ def _source(finish: conv_common.Finish, int8: bool) -> str:
     params = "".join(f" {p}," for p in finish.params())
     term = ("(xv.to(tl.int32) - zp) * wv.to(tl.int32)[None, :]" if int8 else
             "xv.to(tl.float32) * wv.to(tl.float32)[None, :]")
-    body = _MAIN.format(params=params, acc="tl.int32" if int8 else "tl.float32",
+    body = _MAIN.format(params=params, pixels=conv_common.PIXELS,
+                        acc="tl.int32" if int8 else "tl.float32",
                         pad="zp" if int8 else "0.0", term=term)
     return jit.HEADER + body.lstrip("\n") + "\n".join(finish.lines()) + "\n"
 

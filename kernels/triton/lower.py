@@ -12,6 +12,7 @@ channels-last tensor (`_as_nhwc`), so their results stay channels-last as well.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,10 +84,10 @@ def _layer(node: Node) -> tuple[int, Epilogue]:
     if node.op in ("fused_linear", "fused_conv2d"):
         stages = tuple(ops.stage_types(node.op, types, a))
         return 2 + a["has_bias"], Epilogue(tuple(a["epilogue"]), stages, tuple(types))
-    # qlinear / qconv2d: the accumulator's float type is the output's shape in f32
+    # qlinear / qconv2d: the float epilogue starts from the f32 accumulator of the output's shape
     base = 3 + a["has_bias"] + a["dynamic"]
-    out = node.outputs[0].type
-    stages = (TensorType(out.shape, "f32"),) * (1 + len(a["epilogue"]))  # f32 throughout
+    acc = TensorType(node.outputs[0].type.shape, "f32")
+    stages = tuple(ops.epilogue_types(acc, types, a["epilogue"]))
     return base, Epilogue(tuple(a["epilogue"]), stages, tuple(types))
 
 
@@ -100,11 +101,9 @@ def _linear_rows(x: Tensor) -> Tensor:
 
 def _linear_operands(epilogue: Epilogue, inputs: Sequence[Tensor], out_shape) -> dict:
     """Epilogue operands as [M, N] rows (or broadcastable to them) for the GEMM."""
-    m, n = int(torch.tensor(out_shape[:-1]).prod()) if len(out_shape) > 1 else 1, out_shape[-1]
-    out = {}
-    for i, t in _operands(epilogue, inputs).items():
-        out[i] = t.expand(*out_shape).reshape(m, n)
-    return out
+    m, n = math.prod(out_shape[:-1]), out_shape[-1]
+    return {i: t.expand(*out_shape).reshape(m, n)
+            for i, t in _operands(epilogue, inputs).items()}
 
 
 class _Config:
@@ -279,9 +278,7 @@ def _int4(node: Node, ctx: Context) -> Lowered | str:
 def _gemm_configs(x: TensorType) -> Sequence[dict]:
     from kernels.triton import gemm
 
-    rows = 1
-    for d in x.shape[:-1]:
-        rows *= d
+    rows = math.prod(x.shape[:-1])
     return gemm.SMALL_M_CONFIGS if rows <= gemm.SMALL_M else gemm.CONFIGS
 
 

@@ -51,9 +51,6 @@ class TritonProgram(TorchProgram):
         fn = result.fn if not self.autotune or result.tune is None else _tuned(result, node)
         return (lambda *xs, **_attrs: fn(*xs)), {}
 
-    def kernel_table(self) -> list[Assignment]:
-        return list(self.assignments)
-
 
 def _tuned(result: Lowered, node: Node) -> Callable[..., Any]:
     """`result.fn`, which on its first call picks the fastest config for these shapes."""
