@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_NAME = "fxforge-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 BASELINE = "eager-fp32"
 
@@ -227,12 +227,15 @@ def markdown(doc: dict, files: dict[str, str] | None = None) -> str:
         f"Latency: median over interleaved rounds ({timer}; every round runs each system once, "
         f"in a rotated order; a sample is the mean of back-to-back calls filling "
         f"~{o['block_seconds'] * 1e3:g} ms, so sub-millisecond systems do not pay for the "
-        f"previous runtime's threads on every call) after {o['warmup']} warm-up round(s); "
-        f"{o['min_repeats']}–{o['max_repeats']} rounds per case, as many as fit "
-        f"{o['case_seconds']:g} s; p10–p90 over the rounds. Speedup = median over the rounds "
-        f"of {BASELINE}'s time / the system's time in the same round (paired, so that a "
-        f"change of machine load between rounds cancels; >1: faster than eager). Run took "
-        f"{doc['duration_s']:.0f} s.",
+        f"previous runtime's threads on every call). All cases are prepared first, then timed "
+        f"in {o['passes']} passes, each pass timing a slice of every case, so that each case "
+        f"samples the machine's load over the whole timing phase; {o['warmup']} warm-up "
+        f"round(s) before a case's first slice; {o['min_repeats']}–{o['max_repeats']} rounds "
+        f"per case, as many as fit {o['case_seconds']:g} s; p10–p90 over the rounds. While "
+        f"timing: {doc['machine'].get('allocator', 'default allocator')}. Speedup = median over "
+        f"the rounds of {BASELINE}'s time / the system's time in the same round (paired, so "
+        f"that a change of machine load between rounds cancels; >1: faster than eager). Run "
+        f"took {doc['duration_s']:.0f} s.",
         "",
         "## Speedup vs eager float32",
         "",

@@ -39,7 +39,7 @@ def test_json_follows_the_schema(run):
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(doc, report.load_schema())
     report.validate(doc)
-    assert doc["schema"] == "fxforge-bench" and doc["schema_version"] == 1
+    assert doc["schema"] == "fxforge-bench" and doc["schema_version"] == 2
     machine = doc["machine"]
     assert machine["device"] == "cpu" and machine["cpu"] and machine["libraries"]["torch"]
     assert doc["options"]["quick"] is True
@@ -149,3 +149,12 @@ def test_unknown_names_are_usage_errors(capsys):
     assert main(["bench", "--quick", "--models", "nope"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert main(["bench", "--quick", "--systems", "nope"]) == 2
+
+
+def test_quick_run_times_in_passes_with_the_allocator_recorded(run):
+    _, doc = run
+    assert doc["options"]["passes"] == 2 and doc["options"]["malloc_tuning"] is True
+    assert doc["machine"]["allocator"]
+    for row in _rows(doc, status="ok"):
+        assert row["latency_ms"]["passes"] == 2, row
+        assert row["latency_ms"]["repeats"] >= 2 * 2  # at least ceil(3 / 2) rounds per pass
