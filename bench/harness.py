@@ -274,7 +274,7 @@ def _run(opts: Options, start: float) -> dict[str, Any]:
             seconds = len(cases) * opts.case_seconds
             if opts.time_limit:
                 left = opts.time_limit - (time.perf_counter() - start) - REPORT_RESERVE_S
-                seconds = max(0.0, min(seconds, left))
+                seconds = max(0.0, min(seconds, left / TIMING_RESERVE))
             with keep_freed_memory(opts.malloc_tuning) as allocator:
                 time_cases(cases, opts, seconds, progress, errors)
             env["allocator"] = allocator

@@ -48,23 +48,25 @@ class CaseTimer:
         self.rounds: list[dict[str, float]] = []
         self.passes = 0
 
-    def slice(self, rounds: int, full_warmup: bool) -> None:
-        """Warm up, then time `rounds` interleaved rounds; a system that fails is dropped with
-        its reason (its earlier samples stay, the rounds of this slice are discarded)."""
+    def slice(self, rounds: int, full_warmup: bool) -> float:
+        """Warm up, then time `rounds` interleaved rounds; returns the seconds the timed rounds
+        took. A system that fails is dropped with its reason (its earlier samples stay, the
+        rounds of this slice are discarded)."""
         self._warm(self.opts.warmup if full_warmup else 0)
         if not self.runs:
-            return
+            return 0.0
         start = time.perf_counter()
         try:
             samples = interleaved_blocks(self.runs, self.calls, repeats=rounds, warmup=0,
                                          cuda=self.prepared.case.device.type == "cuda")
         except Exception:  # find which system failed; keep the others
             self._warm(1)
-            return
+            return 0.0
         self.rounds += [{n: s[r] for n, s in samples.items()} for r in range(rounds)]
         self.passes += 1
         timed = time.perf_counter() - start
         self.round_s = max(timed / rounds, 1e-6)  # measured, for the next slice's size
+        return timed
 
     def _warm(self, full_rounds: int) -> None:
         """Untimed calls of each system; a full round calls each once per block call (pass 1,
@@ -109,22 +111,22 @@ class CaseTimer:
 
 def time_cases(cases: list[PreparedCase], opts, seconds: float, progress: Steps,
                errors: list[str]) -> None:
-    """Time every case in opts.passes passes within about `seconds` (at least the minimum
-    rounds per slice), then fill their rows."""
+    """Time every case in opts.passes passes, about `seconds` of timed rounds in all (at least
+    the minimum rounds per slice; warm-ups come on top), then fill their rows."""
     timers = [CaseTimer(c, opts, errors) for c in cases]
     passes = max(1, opts.passes)
     if opts.repeats:
         lo = hi = math.ceil(opts.repeats / passes)
     else:
         lo, hi = math.ceil(opts.min_repeats / passes), math.ceil(opts.max_repeats / passes)
-    deadline = time.perf_counter() + seconds
     slots = passes * sum(bool(t.runs) for t in timers)
     for p in range(passes):
         for timer in timers:
             if timer.runs:
                 progress.label(f"timing {timer.prepared.key}, pass {p + 1}/{passes}")
-                share = max(0.0, deadline - time.perf_counter()) / max(1, slots)
-                timer.slice(max(lo, min(hi, int(share / timer.round_s))), full_warmup=p == 0)
+                share = max(0.0, seconds) / max(1, slots)
+                seconds -= timer.slice(max(lo, min(hi, int(share / timer.round_s))),
+                                       full_warmup=p == 0)
                 slots -= 1
             progress.step(f"{timer.prepared.key} pass {p + 1}")
     for timer in timers:
