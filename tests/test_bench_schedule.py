@@ -100,7 +100,7 @@ def test_the_time_budget_is_shared_by_the_slices(clock):
     # round costs; the untimed warm-up calls (one per system and slice here) come on top
     ra, rb = (c.rows[BASELINE]["latency_ms"]["repeats"] for c in (a, b))
     assert 395 <= ra <= 405 and 98 <= rb <= 102, (ra, rb)
-    assert clock.now == pytest.approx(0.8 + 2 * (1e-3 + 4e-3), abs=2e-3)
+    assert clock.now == pytest.approx(0.8 + 2 * (1e-3 + 4e-3), abs=1e-2)
 
 
 def test_a_system_failing_while_timing_is_dropped_and_the_others_go_on():
