@@ -58,7 +58,8 @@ class CaseTimer:
         start = time.perf_counter()
         try:
             samples = interleaved_blocks(self.runs, self.calls, repeats=rounds, warmup=0,
-                                         cuda=self.prepared.case.device.type == "cuda")
+                                         cuda=self.prepared.case.device.type == "cuda",
+                                         first_round=len(self.rounds))
         except Exception:  # find which system failed; keep the others
             self._warm(1)
             return 0.0

@@ -50,12 +50,13 @@ def summarize(times: list[float]) -> dict[str, float]:
 
 
 def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str, int],
-                       repeats: int = 30, warmup: int = 3,
-                       cuda: bool = False) -> dict[str, list[float]]:
+                       repeats: int = 30, warmup: int = 3, cuda: bool = False,
+                       first_round: int = 0) -> dict[str, list[float]]:
     """Interleaved timing where each sample is the mean time of `calls[name]` back-to-back
     calls: for sub-millisecond systems, the cost of switching from another runtime (its thread
     pool waking up, cold caches) is spread over the block instead of landing on every call,
-    while rounds still rotate so that drift in machine load hits every system alike."""
+    while rounds still rotate so that drift in machine load hits every system alike.
+    first_round: where the rotation starts (a caller timing in slices continues it)."""
     names = list(systems)
     samples: dict[str, list[float]] = {name: [] for name in names}
     with torch.no_grad():
@@ -64,7 +65,7 @@ def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str
                 systems[name]()
         if cuda:
             torch.cuda.synchronize()
-        for r in range(repeats):
+        for r in range(first_round, first_round + repeats):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 fn, k = systems[name], max(1, calls.get(name, 1))

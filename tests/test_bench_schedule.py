@@ -153,3 +153,12 @@ def test_freed_memory_is_kept_while_timing():
     assert kept < 0.05 * pages, kept
     with allocator.keep_freed_memory(enabled=False) as what:
         assert "default settings" in what
+
+
+def test_slices_continue_the_rotation_of_the_rounds():
+    from bench.timing import interleaved_blocks
+
+    order: list[str] = []
+    systems = {n: (lambda n=n: order.append(n)) for n in ("x", "y", "z")}
+    interleaved_blocks(systems, {}, repeats=2, warmup=0, first_round=1)
+    assert order == ["y", "z", "x", "z", "x", "y"]
