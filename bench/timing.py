@@ -3,11 +3,13 @@ repeat sees the same load, report medians and ratios (never absolute times acros
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import torch
@@ -56,10 +58,14 @@ def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str
     calls: for sub-millisecond systems, the cost of switching from another runtime (its thread
     pool waking up, cold caches) is spread over the block instead of landing on every call,
     while rounds still rotate so that drift in machine load hits every system alike.
-    first_round: where the rotation starts (a caller timing in slices continues it)."""
+    first_round: where the rotation starts (a caller timing in slices continues it).
+    Python's garbage collector is off while timing, as in `timeit`: a collection lands on
+    whichever call crosses its allocation threshold and costs in proportion to everything the
+    process holds (in `fxforge bench`, every prepared model), so it taxed Python-heavy systems
+    by an amount that changed from run to run."""
     names = list(systems)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    with torch.no_grad():
+    with torch.no_grad(), _gc_off():
         for _ in range(warmup):
             for name in names:
                 systems[name]()
@@ -84,3 +90,14 @@ def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str
                         fn()
                     samples[name].append((time.perf_counter() - start_s) / k)
     return samples
+
+
+@contextlib.contextmanager
+def _gc_off() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
