@@ -3,13 +3,11 @@ repeat sees the same load, report medians and ratios (never absolute times acros
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import torch
@@ -58,14 +56,10 @@ def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str
     calls: for sub-millisecond systems, the cost of switching from another runtime (its thread
     pool waking up, cold caches) is spread over the block instead of landing on every call,
     while rounds still rotate so that drift in machine load hits every system alike.
-    first_round: where the rotation starts (a caller timing in slices continues it).
-    Python's garbage collector is off while timing, as in `timeit`: a collection lands on
-    whichever call crosses its allocation threshold and costs in proportion to everything the
-    process holds (in `fxforge bench`, every prepared model), so it taxed Python-heavy systems
-    by an amount that changed from run to run."""
+    first_round: where the rotation starts (a caller timing in slices continues it)."""
     names = list(systems)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    with torch.no_grad(), _gc_off():
+    with torch.no_grad():
         for _ in range(warmup):
             for name in names:
                 systems[name]()
@@ -90,14 +84,3 @@ def interleaved_blocks(systems: dict[str, Callable[[], object]], calls: dict[str
                         fn()
                     samples[name].append((time.perf_counter() - start_s) / k)
     return samples
-
-
-@contextlib.contextmanager
-def _gc_off() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -163,13 +163,3 @@ def test_slices_continue_the_rotation_of_the_rounds():
     interleaved_blocks(systems, {}, repeats=2, warmup=0, first_round=1)
     assert order == ["y", "z", "x", "z", "x", "y"]
 
-
-def test_the_garbage_collector_is_off_while_timing():
-    import gc
-
-    from bench.timing import interleaved_blocks
-
-    seen: list[bool] = []
-    assert gc.isenabled()
-    interleaved_blocks({"x": lambda: seen.append(gc.isenabled())}, {}, repeats=2, warmup=1)
-    assert seen == [False, False, False] and gc.isenabled()
