@@ -42,9 +42,10 @@ class CaseTimer:
     def __init__(self, prepared: PreparedCase, opts, errors: list[str]):
         self.prepared, self.opts, self.errors = prepared, opts, errors
         self.runs = dict(prepared.runs)
-        self.calls = {n: block_calls(prepared.single_s[n], opts.block_seconds, opts.max_block)
+        self.single_s = dict(prepared.single_s)  # one call's seconds, for sizing blocks
+        self.calls = {n: block_calls(self.single_s[n], opts.block_seconds, opts.max_block)
                       for n in self.runs}
-        self.round_s = sum(prepared.single_s[n] * self.calls[n] for n in self.runs)
+        self.round_s = sum(self.single_s[n] * self.calls[n] for n in self.runs)
         self.rounds: list[dict[str, float]] = []
         self.passes = 0
 
@@ -70,21 +71,35 @@ class CaseTimer:
         return timed
 
     def _warm(self, full_rounds: int) -> None:
-        """Untimed calls of each system; a full round calls each once per block call (pass 1,
-        which also recompiles what torch._dynamo.reset dropped), a light one only the fast
-        systems, whose first calls after another case pay for its cold caches."""
+        """Untimed calls of each system. A full warm-up (pass 1; it also recompiles what
+        torch._dynamo.reset dropped) calls each system at least 3 times, once per block call
+        and round, and sizes its blocks again from its fastest call: the single call measured
+        after preparation can be 100x slow (a 0.1 ms torch.compile call once took 10 ms there,
+        got one call per sample, and paid the previous runtime's thread wake-up on every
+        sample: 0.19x instead of 0.7x). A light warm-up calls only the fast systems, whose
+        first calls after another case pay for its cold caches."""
         device = self.prepared.case.device
         with torch.no_grad():
             for name in list(self.runs):
-                single = self.prepared.single_s[name]
-                if not full_rounds and single > LIGHT_WARMUP_S:
+                if not full_rounds and self.single_s[name] > LIGHT_WARMUP_S:
                     continue
+                calls = max(1, full_rounds) * self.calls[name]
+                fastest = float("inf")
                 try:
-                    for _ in range(max(1, full_rounds) * self.calls[name]):
+                    for _ in range(max(3, calls) if full_rounds else calls):
+                        start = time.perf_counter()
                         self.runs[name]()
-                    sync(device)
+                        sync(device)
+                        fastest = min(fastest, time.perf_counter() - start)
                 except Exception as e:
                     self._drop(name, e)
+                    continue
+                if full_rounds:
+                    self.single_s[name] = fastest
+                    self.calls[name] = block_calls(fastest, self.opts.block_seconds,
+                                                   self.opts.max_block)
+        if full_rounds:  # the first slice's size; later ones use the measured rounds
+            self.round_s = sum(self.single_s[n] * self.calls[n] for n in self.runs)
 
     def _drop(self, name: str, e: Exception) -> None:
         del self.runs[name]
