@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float,
                    help="seconds for the whole run: a case is prepared only while its timing "
                         "still fits, later cases are reported as skipped, and the timing phase "
-                        "shrinks to what is left (default: 570 for the full run, none for "
+                        "shrinks to what is left (default: 550 for the full run, none for "
                         "--quick)")
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime intra-op threads "
                                                "(default: torch's default)")
@@ -169,7 +169,7 @@ def resolve(args: argparse.Namespace) -> Options:
         malloc_tuning=not args.no_malloc_tuning,
         block_seconds=(10.0 if args.block_ms is None else args.block_ms) / 1e3, max_block=200,
         warm_compile_limit=pick(args.warm_compile_limit, 60.0, 5.0),
-        time_limit=pick(args.time_limit, None, 570.0) or None,
+        time_limit=pick(args.time_limit, None, 550.0) or None,
         threads=args.threads or torch.get_num_threads(), progress=not args.no_progress,
         plots=not args.no_plots)
 
