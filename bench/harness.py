@@ -336,8 +336,10 @@ def _compiler_caches(scratch: Path):
     os.environ["TRITON_CACHE_DIR"] = os.path.join(scratch, "triton")
     import torch._dynamo.config as dynamo_config
 
+    # names of torch 2.6+; an older torch (a GPU machine's own) keeps its defaults
+    wanted = {"recompile_limit": 256, "fail_on_recompile_limit_hit": True}
     try:
-        with dynamo_config.patch(recompile_limit=256, fail_on_recompile_limit_hit=True):
+        with dynamo_config.patch({k: v for k, v in wanted.items() if hasattr(dynamo_config, k)}):
             yield
     finally:
         TorchCompile.reset()
