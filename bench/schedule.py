@@ -111,7 +111,7 @@ class CaseTimer:
         cuda = self.prepared.case.device.type == "cuda"
         for name, row in self.prepared.rows.items():
             samples = [r[name] for r in self.rounds if name in r]
-            if row["status"] != "ok" or len(samples) < 1:
+            if row["status"] != "ok" or not samples:
                 continue
             t = summarize(samples)
             row["latency_ms"] = {"median": t["median_s"] * 1e3, "p10": t["p10_s"] * 1e3,

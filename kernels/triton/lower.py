@@ -211,14 +211,21 @@ def _conv(node: Node, w: Tensor) -> _Conv | str:
                   depthwise.prepare_depthwise_weight(w), geometry, depthwise.CONFIGS)
 
 
-def _float_conv(node: Node, ctx: Context) -> Lowered | str:
+def _conv_parts(node: Node, ctx: Context) -> tuple[int, Epilogue, _Conv] | str:
+    """`_weighted` for a conv: base input count, epilogue and the kernel chosen for it."""
     parts = _weighted(node, ctx)
     if isinstance(parts, str):
         return parts
     base, epilogue, w = parts
     c = _conv(node, w)
-    if isinstance(c, str):
-        return c
+    return c if isinstance(c, str) else (base, epilogue, c)
+
+
+def _float_conv(node: Node, ctx: Context) -> Lowered | str:
+    parts = _conv_parts(node, ctx)
+    if isinstance(parts, str):
+        return parts
+    base, epilogue, c = parts
     has_bias, config = base == 3, _Config()
     out_dtype = dtypes.to_torch(node.outputs[0].type.dtype)
 
@@ -233,13 +240,10 @@ def _float_conv(node: Node, ctx: Context) -> Lowered | str:
 
 
 def _qconv(node: Node, ctx: Context) -> Lowered | str:
-    parts = _weighted(node, ctx)
+    parts = _conv_parts(node, ctx)
     if isinstance(parts, str):
         return parts
-    _, epilogue, w = parts
-    c = _conv(node, w)
-    if isinstance(c, str):
-        return c
+    _, epilogue, c = parts
     a, config = node.attrs, _Config()
 
     def run(x, _w, w_scale, *rest):
