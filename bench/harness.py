@@ -1,15 +1,17 @@
 """`fxforge bench`: models x systems x batch sizes, interleaved, into JSON + markdown + plots.
 
-One process, two phases:
-  1. prepare (bench.cases): for each model and batch size, build the model (float32, eval) and
-     its inputs, eager float32's output being the reference; prepare every system (compile /
-     export / quantize), timed: the first batch size of a model gives the cold compile time,
-     then a second compile of the same model the warm one; peak memory of the preparation and
-     of one more run; size on disk; error against eager; digits accuracy;
-  2. time (bench.schedule): all prepared cases in passes, a short slice of each case per pass,
-     so that every case samples the host's load over the whole phase; within a slice, rounds
-     run every system once, in a rotated order; median, p10, p90; speedup = median of the
-     paired ratios against eager float32 in the same round.
+One process; for each model and batch size in turn:
+  1. prepare (bench.cases): build the model (float32, eval) and its inputs, eager float32's
+     output being the reference; prepare every system (compile / export / quantize), timed: the
+     first batch size of a model gives the cold compile time, then a second compile of the same
+     model the warm one (torch.compile's waits until after the timing: its dynamo reset would
+     drop every compiled case); peak memory of the preparation and of one more run; size on
+     disk; error against eager; digits accuracy;
+  2. visit (bench.schedule): time a short slice of every case prepared so far.
+After the last preparation, --passes more visits of every case, then the queued warm compiles.
+Each case's timing is thus spread over the rest of the run (bench.schedule says why); within a
+slice, rounds run every system once, in a rotated order; median, p10, p90; speedup = median of
+the paired ratios against eager float32 in the same round.
 A system that is missing or fails is recorded with the reason; the run goes on.
 """
 
@@ -24,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -34,11 +37,11 @@ import torch
 
 from bench import report
 from bench.allocator import keep_freed_memory
-from bench.cases import PreparedCase, new_row, prepare_case, reason_of
+from bench.cases import new_row, prepare_case, reason_of
 from bench.metrics import LoadMeter
 from bench.models import DEFAULT_MODELS, QUICK_MODELS, BenchModel, get_models
 from bench.progress import Progress
-from bench.schedule import time_cases
+from bench.schedule import CaseTimer, fit_budgets, time_cases, visit_all
 from bench.systems import System, TorchCompile, all_systems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,8 +244,9 @@ def _blas_one_thread():
         yield
 
 
-TIMING_RESERVE = 1.25  # a case's timing costs about this times --case-seconds (warm-ups)
+TIMING_RESERVE = 1.25  # a case's timing costs about this times its timed seconds (warm-ups)
 REPORT_RESERVE_S = 10.0  # writing the report and plots, at the end of a --time-limit
+WARM_AFTER_TIMING = 0.2  # a queued warm compile (torch.compile's) takes at most ~this x its cold
 
 
 def _run(opts: Options, start: float) -> dict[str, Any]:
@@ -260,7 +264,9 @@ def _run(opts: Options, start: float) -> dict[str, Any]:
         if reason is None:
             runnable.append(s)
     plan = _plan(opts, device)
-    progress = Progress(len(plan) * (len(runnable) + opts.passes), opts.progress)
+    passes = max(1, opts.passes)
+    visits = len(plan) * (len(plan) - 1) // 2 + len(plan) * passes
+    progress = Progress(len(plan) * len(runnable) + visits, opts.progress)
     env = environment(device)
     load = LoadMeter()
     results: list[dict] = []
@@ -269,16 +275,12 @@ def _run(opts: Options, start: float) -> dict[str, Any]:
     # a fresh inductor cache per run (cold means cold), removed at the end
     with scratch_dir() as scratch, _compiler_caches(scratch):
         try:
-            cases = _prepare_all(plan, runnable, opts, device, scratch, start, progress, errors,
-                                 results, model_info)
-            seconds = len(cases) * opts.case_seconds
-            if opts.time_limit:
-                left = opts.time_limit - (time.perf_counter() - start) - REPORT_RESERVE_S
-                seconds = max(0.0, min(seconds, left / TIMING_RESERVE))
-            with keep_freed_memory(opts.malloc_tuning) as allocator:
-                time_cases(cases, opts, seconds, progress, errors)
-            env["allocator"] = allocator
-            results += [row for c in cases for row in c.rows.values()]
+            timeline = _Timeline(opts, start, progress)
+            _prepare_all(plan, runnable, opts, device, scratch, timeline, errors, results,
+                         model_info)
+            timeline.finish()
+            env["allocator"] = timeline.allocator
+            results += [row for t in timeline.timers for row in t.prepared.rows.values()]
         finally:
             progress.close()
     for s in systems_all:  # systems that cannot run here get one row per case, with the reason
@@ -290,7 +292,6 @@ def _run(opts: Options, start: float) -> dict[str, Any]:
     model_order = {n: i for i, n in enumerate(opts.models)}
     results.sort(key=lambda r: (model_order[r["model"]], r["batch"], order[r["system"]]))
     env["load"] = load.result()
-    env.setdefault("allocator", "not timed")
     doc = {
         "schema": report.SCHEMA_NAME, "schema_version": report.SCHEMA_VERSION,
         "machine": env, "options": {k: v for k, v in vars(opts).items()},
@@ -306,6 +307,63 @@ def _run(opts: Options, start: float) -> dict[str, Any]:
     report.write_json(doc, paths["json"])
     doc["_paths"] = {k: str(v) for k, v in paths.items()}
     return doc
+
+
+class _Timeline:
+    """The timing side of a run: a visit of every prepared case after each preparation, the
+    final passes, then the warm compiles that had to wait for the timing (bench.schedule says
+    why the timing is spread over the run), all within the --time-limit."""
+
+    def __init__(self, opts: Options, start: float, progress: Progress):
+        self.opts, self.start, self.progress = opts, start, progress
+        self.timers: list[CaseTimer] = []
+        self.later: list[tuple[dict, Callable[[], None]]] = []  # (row, warm compile)
+        self.allocator = "not timed"
+
+    def seconds_left(self) -> float:
+        """Of the --time-limit, what is left after the report and the queued warm compiles."""
+        if not self.opts.time_limit:
+            return float("inf")
+        queued = sum(WARM_AFTER_TIMING * (row["compile_s"]["cold"] or 0.0)
+                     for row, _ in self.later)
+        return (self.opts.time_limit - (time.perf_counter() - self.start) - REPORT_RESERVE_S
+                - queued)
+
+    def fits(self, case_seconds: float) -> tuple[bool, str]:
+        """Whether a case of `case_seconds` can still be prepared and timed; if not, why."""
+        timing = (sum(t.budget_left_s for t in self.timers if t.runs)
+                  + case_seconds) * TIMING_RESERVE
+        left = self.seconds_left()
+        if left >= timing:
+            return True, ""
+        elapsed = time.perf_counter() - self.start
+        return False, (f"the run's --time-limit of {self.opts.time_limit:.0f} s: {elapsed:.0f} s "
+                       f"had passed, and timing the cases prepared so far and this one needs "
+                       f"about {timing:.0f} s")
+
+    def visit(self, slices_left: int, what: str) -> None:
+        """One slice of every prepared case (the allocator keeps freed memory meanwhile)."""
+        if not self.timers:
+            return
+        with keep_freed_memory(self.opts.malloc_tuning) as allocator:
+            visit_all(self.timers, slices_left, self.progress, what)
+        self.allocator = allocator
+
+    def finish(self) -> None:
+        """The final passes, the queued warm compiles, then every case's rows."""
+        passes = max(1, self.opts.passes)
+        for p in range(passes):
+            fit_budgets(self.timers, self.seconds_left() / TIMING_RESERVE)
+            self.visit(passes - p, f"pass {p + 1}/{passes}")
+        for row, warm_compile in self.later:
+            self.progress.label(f"warm compile {row['model']} {row['system']}")
+            if self.seconds_left() + WARM_AFTER_TIMING * row["compile_s"]["cold"] > 0:
+                warm_compile()
+            else:
+                row["compile_s"]["note"] = (f"warm compile not measured: the run's "
+                                            f"--time-limit of {self.opts.time_limit:.0f} s")
+        for timer in self.timers:
+            timer.fill_rows()
 
 
 def _plan(opts: Options, device: torch.device) -> list[tuple[BenchModel, int, bool]]:
@@ -351,37 +409,38 @@ def _compiler_caches(scratch: Path):
 
 
 def _prepare_all(plan, runnable: list[System], opts: Options, device: torch.device,
-                 scratch: Path, start: float, progress: Progress, errors: list[str],
-                 results: list[dict], model_info: list[dict]) -> list[PreparedCase]:
-    """Phase 1: prepare every case of the plan while its timing still fits the time limit.
-    Rows of cases skipped or failed as a whole go to `results`."""
-    cases: list[PreparedCase] = []
+                 scratch: Path, timeline: _Timeline, errors: list[str], results: list[dict],
+                 model_info: list[dict]) -> None:
+    """Prepare every case of the plan while its timing still fits the time limit, visiting the
+    cases prepared so far after each one. Rows of cases skipped or failed as a whole go to
+    `results`."""
+    progress = timeline.progress
     last_case = {spec.name: i for i, (spec, _, _) in enumerate(plan)}
     for i, (spec, batch, first) in enumerate(plan):
         if first:
             model_info.append(_describe_model(spec, opts, device))
-        elapsed = time.perf_counter() - start
-        timing = (len(cases) + 1) * opts.case_seconds * TIMING_RESERVE
-        if opts.time_limit and elapsed + timing > opts.time_limit:
-            why = (f"the run's --time-limit of {opts.time_limit:.0f} s: {elapsed:.0f} s had "
-                   f"passed, and timing the cases prepared so far and this one needs about "
-                   f"{timing:.0f} s")
+        fits, why = timeline.fits(opts.case_seconds)
+        if not fits:
             results += [new_row(spec.name, batch, s.name, "skipped", why) for s in runnable]
-            progress.step(f"{spec.name}@{batch} skipped", len(runnable) + opts.passes)
-            continue
-        try:
-            cases.append(prepare_case(spec, batch, first, runnable, opts, device, scratch,
-                                      progress, errors, model_info[-1] if first else None))
-        except Exception as e:  # a model that cannot be built or run in eager
-            errors.append(f"--- {spec.name}@{batch}\n{traceback.format_exc()}")
-            results += [new_row(spec.name, batch, s.name, "failed", f"model: {reason_of(e)}")
-                        for s in runnable]
-            progress.step(f"{spec.name}@{batch} failed", len(runnable) + opts.passes)
+            progress.step(f"{spec.name}@{batch} skipped", len(runnable))
+        else:
+            try:
+                prepared = prepare_case(spec, batch, first, runnable, opts, device, scratch,
+                                        progress, errors, model_info[-1] if first else None,
+                                        timeline.later)
+                timeline.timers.append(CaseTimer(prepared, opts, errors))
+            except Exception as e:  # a model that cannot be built or run in eager
+                errors.append(f"--- {spec.name}@{batch}\n{traceback.format_exc()}")
+                results += [new_row(spec.name, batch, s.name, "failed",
+                                    f"model: {reason_of(e)}") for s in runnable]
+                progress.step(f"{spec.name}@{batch} failed", len(runnable))
         if last_case[spec.name] == i:
             for s in runnable:
                 s.release(spec.name)
         gc.collect()
-    return cases
+        if i < len(plan) - 1:  # the last preparation is followed by the final passes
+            timeline.visit(len(plan) - 1 - i + max(1, opts.passes),
+                           f"after {spec.name}@{batch}")
 
 
 def run_case(spec: BenchModel, batch: int, first_batch: bool, systems: list[System],

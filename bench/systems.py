@@ -150,7 +150,8 @@ class TorchCompile(System):
         self.name = "torch-compile" if mode == "default" else f"torch-compile-{mode}"
         self.description = (f"torch.compile(mode={mode!r}, dynamic=False), inductor; one "
                             "compile per batch size; warm = after torch._dynamo.reset(), with "
-                            "this run's fresh inductor cache")
+                            "this run's fresh inductor cache (measured after the timing: the "
+                            "reset drops every compiled case)")
 
     def check(self, device: torch.device) -> str | None:
         if self.gpu_only and device.type != "cuda":

@@ -155,6 +155,9 @@ def test_quick_run_times_in_passes_with_the_allocator_recorded(run):
     _, doc = run
     assert doc["options"]["passes"] == 2 and doc["options"]["malloc_tuning"] is True
     assert doc["machine"]["allocator"]
+    # mlp@8 is prepared first: visited once while digits@8 was being prepared, then in the 2
+    # final passes; digits@8 only in the final passes
     for row in _rows(doc, status="ok"):
-        assert row["latency_ms"]["passes"] == 2, row
-        assert row["latency_ms"]["repeats"] >= 2 * 2  # at least ceil(3 / 2) rounds per pass
+        slices = 3 if row["model"] == "mlp" else 2
+        assert row["latency_ms"]["passes"] == slices, row
+        assert 3 <= row["latency_ms"]["repeats"] <= 5  # --quick: 3 to 5 rounds

@@ -11,7 +11,7 @@ import torch
 
 from bench import allocator
 from bench.cases import PreparedCase, new_row
-from bench.schedule import block_calls, time_cases
+from bench.schedule import CaseTimer, block_calls, case_budget, time_cases, visit_all
 from bench.systems import BASELINE, Case
 
 
@@ -28,7 +28,7 @@ class _Steps:
 
 def _opts(**kw):
     base = dict(passes=3, repeats=None, min_repeats=3, max_repeats=9, warmup=1,
-                block_seconds=0.0, max_block=1)
+                block_seconds=0.0, max_block=1, case_seconds=0.0)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -91,16 +91,58 @@ def test_every_case_is_timed_in_every_pass_interleaved_with_the_others(clock):
     assert a.rows[BASELINE]["speedup_vs_eager"] == 1.0
 
 
-def test_the_time_budget_is_shared_by_the_slices(clock):
+def test_a_case_budget_grows_with_the_square_root_of_its_round():
+    assert case_budget(8.0, 0.25) == pytest.approx(8.0)
+    assert case_budget(8.0, 1.0) == pytest.approx(16.0)  # BERT-base: ~1 s a round
+    assert case_budget(8.0, 0.5) == pytest.approx(8.0 * 2 ** 0.5)
+    assert case_budget(8.0, 1e-3) == pytest.approx(0.6 * 8.0)  # floor
+    assert case_budget(8.0, 100.0) == pytest.approx(2.0 * 8.0)  # ceiling
+
+
+def test_the_budget_is_shared_by_the_slices_and_set_by_the_round(clock):
     a = _case("a", {BASELINE: clock.system(1e-3)}, [], single_s=1e-3)
-    b = _case("b", {BASELINE: clock.system(4e-3)}, [], single_s=4e-3)
-    time_cases([a, b], _opts(passes=2, min_repeats=2, max_repeats=1000), seconds=0.8,
-               progress=_Steps(), errors=[])
-    # 0.8 s of timed rounds in 4 slices of 0.2 s: each case gets 0.4 s of rounds, whatever its
-    # round costs; the untimed warm-up calls come on top (3 per system in pass 1, 1 after)
+    b = _case("b", {BASELINE: clock.system(1.0)}, [], single_s=1.0)
+    time_cases([a, b], _opts(passes=2, min_repeats=2, max_repeats=1000, case_seconds=0.5),
+               seconds=None, progress=_Steps(), errors=[])
+    # a: 1 ms rounds -> 0.6 x 0.5 s of rounds (300); b: 1 s rounds -> 2 x 0.5 s (1 per slice);
+    # the untimed warm-up calls come on top (3 per system at the first visit, 1 block after
+    # for systems faster than 50 ms)
     ra, rb = (c.rows[BASELINE]["latency_ms"]["repeats"] for c in (a, b))
-    assert 395 <= ra <= 405 and 98 <= rb <= 102, (ra, rb)
-    assert clock.now == pytest.approx(0.8 + 4 * (1e-3 + 4e-3), abs=1e-2)
+    assert 295 <= ra <= 305 and rb == 2, (ra, rb)
+    assert a.rows[BASELINE]["latency_ms"]["passes"] == 2
+    assert clock.now == pytest.approx(0.3 + 3 * 1e-3 + 1e-3 + 2 * 1.0 + 3 * 1.0, abs=1e-2)
+
+
+def test_a_time_limit_shrinks_every_budget_alike(clock):
+    a = _case("a", {BASELINE: clock.system(1e-3)}, [], single_s=1e-3)
+    b = _case("b", {BASELINE: clock.system(2e-3)}, [], single_s=2e-3)
+    time_cases([a, b], _opts(passes=2, min_repeats=1, max_repeats=10_000, case_seconds=1.0),
+               seconds=0.5, progress=_Steps(), errors=[])
+    # budgets 0.6 s each, asked for 1.0 s each before the rounds were known: both scaled by
+    # 0.5 / 2.0 -> 0.15 s of rounds each
+    ra, rb = (c.rows[BASELINE]["latency_ms"]["repeats"] for c in (a, b))
+    assert 145 <= ra <= 155 and 72 <= rb <= 78, (ra, rb)
+
+
+def test_visits_between_preparations_spread_a_case_and_share_its_budget(clock):
+    a = _case("a", {BASELINE: clock.system(1e-3)}, [], single_s=1e-3)
+    b = _case("b", {BASELINE: clock.system(1e-3)}, [], single_s=1e-3)
+    opts = _opts(passes=2, min_repeats=1, max_repeats=10_000, case_seconds=1.0)
+    ta = CaseTimer(a, opts, [])
+    times = []
+    for slices_left in (4, 3):  # two visits of a alone: b is being prepared
+        visit_all([ta], slices_left, _Steps(), "between")
+        times.append(clock.now)
+    tb = CaseTimer(b, opts, [])
+    for slices_left in (2, 1):
+        visit_all([ta, tb], slices_left, _Steps(), "pass")
+    ta.fill_rows()
+    tb.fill_rows()
+    la, lb = a.rows[BASELINE]["latency_ms"], b.rows[BASELINE]["latency_ms"]
+    assert la["passes"] == 4 and lb["passes"] == 2
+    # the same budget (0.6 s: 1 ms rounds), a's in 4 slices of ~150 rounds, b's in 2 of ~300
+    assert 595 <= la["repeats"] <= 605 and 595 <= lb["repeats"] <= 605
+    assert times[0] == pytest.approx(0.15 + 4e-3, abs=2e-3)
 
 
 def test_a_system_failing_while_timing_is_dropped_and_the_others_go_on():
@@ -168,7 +210,8 @@ def test_slices_continue_the_rotation_of_the_rounds():
 def test_blocks_are_sized_from_the_fastest_warm_up_call(clock):
     # the one call measured after preparation was 1 s (a hiccup); the system takes 1 ms
     a = _case("a", {BASELINE: clock.system(1e-3)}, [], single_s=1.0)
-    time_cases([a], _opts(passes=2, block_seconds=0.01, max_block=200), seconds=0.1,
+    time_cases([a], _opts(passes=2, block_seconds=0.01, max_block=200, case_seconds=0.1),
+               seconds=None,
                progress=_Steps(), errors=[])
     lat = a.rows[BASELINE]["latency_ms"]
     assert lat["calls_per_sample"] == 10  # 10 ms blocks of 1 ms calls, not 1 call a sample
