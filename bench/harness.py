@@ -72,12 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-repeats", type=int, help="at least this many timed rounds per case")
     p.add_argument("--max-repeats", type=int, help="at most this many timed rounds per case")
     p.add_argument("--case-seconds", type=float,
-                   help="time budget for the timed rounds of one model and batch size "
-                        "(default 8; --quick 0.5)")
+                   help="time budget for the timed rounds of one model and batch size whose "
+                        "round takes 0.25 s; a case gets this x sqrt(its round / 0.25 s), "
+                        "0.6x-2x (default 12; --quick 0.5)")
     p.add_argument("--passes", type=int,
-                   help="the timing phase visits every case this many times, timing a slice "
-                        "of its rounds each time, so that each case samples the machine's load "
-                        "over the whole phase (default 8; --quick 2)")
+                   help="after the last preparation, every case is timed in this many more "
+                        "slices (it also got one after each later preparation), so that each "
+                        "case samples the machine's changing state (default 8; --quick 2)")
     p.add_argument("--warmup", type=int, help="untimed rounds before a case's first slice")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="time with glibc malloc's default settings (by default freed memory is "
@@ -167,7 +168,7 @@ def resolve(args: argparse.Namespace) -> Options:
     return Options(
         quick=quick, models=models, systems=systems, batches=batches, device=device,
         out=args.out, repeats=args.repeats, min_repeats=pick(args.min_repeats, 3, 8),
-        max_repeats=pick(args.max_repeats, 5, 160), case_seconds=pick(args.case_seconds, 0.5, 8.0),
+        max_repeats=pick(args.max_repeats, 5, 160), case_seconds=pick(args.case_seconds, 0.5, 12.0),
         passes=max(1, pick(args.passes, 2, 8)), warmup=pick(args.warmup, 1, 1),
         malloc_tuning=not args.no_malloc_tuning,
         block_seconds=(10.0 if args.block_ms is None else args.block_ms) / 1e3, max_block=200,
