@@ -11,8 +11,9 @@ ratios both unfair and unstable. Keeping freed memory is what a deployment gets 
 jemalloc/tcmalloc (PyTorch's CPU performance guide recommends them); here it needs no extra
 library and applies to every system alike.
 
-Only the timing phase runs with it: memory figures (resident-set peaks) are measured before,
-with the defaults, so that memory a system freed is not counted as held.
+Only timed slices run with it: memory figures (resident-set peaks) are measured outside them,
+with glibc's default thresholds held fixed for the whole run (`fix_defaults`), so that memory
+a system freed is not counted as held, and the first case is measured like the last.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def describe_kept() -> str:
     return (f"glibc malloc keeps freed memory while timing (mallopt: mmap threshold "
             f"{KEEP[M_MMAP_THRESHOLD] >> 20} MiB, trim threshold {KEEP[M_TRIM_THRESHOLD] >> 20} "
             f"MiB, top pad {KEEP[M_TOP_PAD] >> 20} MiB)")
+
+
+def fix_defaults(enabled: bool = True) -> bool:
+    """glibc's default thresholds, fixed (its mmap threshold otherwise grows with the largest
+    block freed): leaving `keep_freed_memory` sets them so, because glibc cannot switch the
+    dynamic threshold back on, so a run starts that way too. False when nothing was set."""
+    libc = _glibc() if enabled else None
+    if libc is None:
+        return False
+    return all(libc.mallopt(param, GLIBC_DEFAULT) == 1 for param in KEEP)
 
 
 @contextlib.contextmanager

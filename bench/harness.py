@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from bench import report
-from bench.allocator import keep_freed_memory
+from bench.allocator import fix_defaults, keep_freed_memory
 from bench.cases import new_row, prepare_case, reason_of
 from bench.metrics import LoadMeter
 from bench.models import DEFAULT_MODELS, QUICK_MODELS, BenchModel, get_models
@@ -227,6 +227,7 @@ def run(opts: Options) -> dict[str, Any]:
     start = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    fix_defaults(opts.malloc_tuning)  # memory figures: every case measured alike
     with _blas_one_thread():
         return _run(opts, start)
 

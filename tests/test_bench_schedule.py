@@ -197,6 +197,17 @@ def test_freed_memory_is_kept_while_timing():
         assert "default settings" in what
 
 
+def test_outside_the_slices_freed_blocks_go_back_to_the_kernel():
+    if allocator._glibc() is None:
+        pytest.skip("not glibc")
+    assert allocator.fix_defaults()
+    pages = 16 * 1024 * 1024 // 4096
+    # glibc's dynamic threshold would rise to 16 MiB after the first free and keep the block;
+    # held at 128 KiB, every 16 MiB block is mapped fresh: memory figures see live memory only
+    assert _faults_per_call(warmup=2) > 0.9 * pages
+    assert not allocator.fix_defaults(enabled=False)
+
+
 def test_slices_continue_the_rotation_of_the_rounds():
     from bench.timing import interleaved_blocks
 
