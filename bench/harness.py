@@ -277,7 +277,7 @@ def _run(opts: Options, start: float) -> dict[str, Any]:
     # a fresh inductor cache per run (cold means cold), removed at the end
     with scratch_dir() as scratch, _compiler_caches(scratch):
         try:
-            timeline = _Timeline(opts, start, progress)
+            timeline = _Timeline(opts, start, progress, errors)
             _prepare_all(plan, runnable, opts, device, scratch, timeline, errors, results,
                          model_info)
             timeline.finish()
@@ -316,8 +316,8 @@ class _Timeline:
     final passes, then the warm compiles that had to wait for the timing (bench.schedule says
     why the timing is spread over the run), all within the --time-limit."""
 
-    def __init__(self, opts: Options, start: float, progress: Progress):
-        self.opts, self.start, self.progress = opts, start, progress
+    def __init__(self, opts: Options, start: float, progress: Progress, errors: list[str]):
+        self.opts, self.start, self.progress, self.errors = opts, start, progress, errors
         self.timers: list[CaseTimer] = []
         self.later: list[tuple[dict, Callable[[], None]]] = []  # (row, warm compile)
         self.allocator = "not timed"
@@ -357,13 +357,19 @@ class _Timeline:
         for p in range(passes):
             fit_budgets(self.timers, self.seconds_left() / TIMING_RESERVE)
             self.visit(passes - p, f"pass {p + 1}/{passes}")
-        for row, warm_compile in self.later:
+        while self.later:
+            row, warm_compile = self.later.pop(0)
             self.progress.label(f"warm compile {row['model']} {row['system']}")
-            if self.seconds_left() + WARM_AFTER_TIMING * row["compile_s"]["cold"] > 0:
-                warm_compile()
-            else:
+            if self.seconds_left() < WARM_AFTER_TIMING * (row["compile_s"]["cold"] or 0.0):
                 row["compile_s"]["note"] = (f"warm compile not measured: the run's "
                                             f"--time-limit of {self.opts.time_limit:.0f} s")
+                continue
+            try:
+                warm_compile()
+            except Exception as e:  # the cold compile and its timings stand
+                row["compile_s"]["note"] = f"warm compile failed: {reason_of(e)}"
+                self.errors.append(f"--- {row['model']}@{row['batch']} {row['system']} (warm "
+                                   f"compile)\n{traceback.format_exc()}")
         for timer in self.timers:
             timer.fill_rows()
 

@@ -7,6 +7,7 @@ adapter is the same code path as every other system.
 """
 
 import json
+import time
 
 import pytest
 import torch
@@ -161,3 +162,52 @@ def test_quick_run_times_in_passes_with_the_allocator_recorded(run):
         slices = 3 if row["model"] == "mlp" else 2
         assert row["latency_ms"]["passes"] == slices, row
         assert 3 <= row["latency_ms"]["repeats"] <= 5  # --quick: 3 to 5 rounds
+
+
+def _timeline(time_limit):
+    from types import SimpleNamespace
+
+    from bench.progress import Progress
+
+    opts = SimpleNamespace(passes=1, time_limit=time_limit, malloc_tuning=False)
+    errors: list[str] = []
+    return harness._Timeline(opts, time.perf_counter(), Progress(1, False), errors), errors
+
+
+def _queued_row(cold_s):
+    from bench.cases import new_row
+
+    row = new_row("m", 1, "torch-compile", "ok")
+    row["compile_s"]["cold"] = cold_s
+    return row
+
+
+def test_queued_warm_compiles_run_after_the_timing_and_a_failing_one_is_noted():
+    timeline, errors = _timeline(time_limit=None)
+    done, broken = _queued_row(1.0), _queued_row(1.0)
+
+    def fails():
+        raise RuntimeError("recompile broke\ndetails")
+
+    timeline.later += [(done, lambda: done["compile_s"].update(warm=0.5)), (broken, fails)]
+    timeline.finish()
+    assert done["compile_s"]["warm"] == 0.5 and done["compile_s"]["note"] is None
+    assert broken["compile_s"]["warm"] is None
+    assert broken["compile_s"]["note"] == "warm compile failed: RuntimeError: recompile broke"
+    assert errors and "recompile broke" in errors[0]
+
+
+def test_a_time_limit_refuses_cases_and_warm_compiles_that_no_longer_fit():
+    timeline, _ = _timeline(time_limit=harness.REPORT_RESERVE_S + 5.0)
+    fits, why = timeline.fits(case_seconds=1.0)  # 1.25 s of timing in ~5 s: fits
+    assert fits and not why
+    fits, why = timeline.fits(case_seconds=100.0)
+    assert not fits and "--time-limit of 15 s" in why and "needs about 125 s" in why
+    row = _queued_row(cold_s=1000.0)  # its reserve (200 s) is more than the run has left
+    ran = []
+    timeline.later.append((row, lambda: ran.append(1)))
+    assert timeline.seconds_left() < 0
+    timeline.later.append((_queued_row(cold_s=1.0), lambda: ran.append(2)))
+    timeline.finish()
+    assert ran == [2]  # the first is skipped; once it is, the second fits
+    assert row["compile_s"]["note"] == "warm compile not measured: the run's --time-limit of 15 s"
