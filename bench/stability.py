@@ -11,7 +11,8 @@ each run takes either one contiguous stretch of rounds or several short slices s
 record (the timing phase's passes), computes each system's speedup with several statistics
 (median of paired ratios, ratio of medians, of p10s, of minimums) and prints how often two runs
 differ by more than 10%, and the 95th percentile of the difference. This is how the bench's
-defaults (8 passes, 8 s per case, median of paired ratios) were chosen; see bench/README.md.
+slices and statistic (the median of paired ratios) were chosen, and a 420 s record of the mlp
+is why a case's slices are now spread over the whole run; see bench/README.md.
 """
 
 from __future__ import annotations
