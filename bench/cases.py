@@ -1,9 +1,9 @@
 """Preparing one case (a model at one batch size) for every system: compile, check, measure.
 
 Everything but latency is measured here, right after each system is prepared: compile time
-cold and warm, memory (with the allocator's defaults, before the timing phase changes them),
-size on disk, error against eager float32, digits accuracy. The prepared systems are kept in
-a `PreparedCase` for `bench.schedule`, which times all cases in passes afterwards.
+cold and warm, memory (with the allocator's defaults, outside the timed slices), size on disk,
+error against eager float32, digits accuracy. The prepared systems are kept in a
+`PreparedCase` for `bench.schedule`, which times it in slices over the rest of the run.
 A system that is missing or fails gets a row with the reason; the other systems go on.
 """
 

@@ -91,9 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only when its cold compile took at most this many seconds")
     p.add_argument("--time-limit", type=float,
                    help="seconds for the whole run: a case is prepared only while its timing "
-                        "still fits, later cases are reported as skipped, and the timing phase "
-                        "shrinks to what is left (default: 550 for the full run, none for "
-                        "--quick)")
+                        "still fits, later cases are reported as skipped, and the final passes "
+                        "shrink every case's timing to what is left (default: 550 for the full "
+                        "run, none for --quick)")
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime intra-op threads "
                                                "(default: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -394,7 +394,7 @@ def _plan(opts: Options, device: torch.device) -> list[tuple[BenchModel, int, bo
 def _compiler_caches(scratch: Path):
     """Inductor's and Triton's caches in the run's scratch folder (a fresh, empty cache per
     run: cold means cold), and room in dynamo's cache for every case of the run: all cases stay
-    compiled until the timing phase, and transformers models share one forward (the output
+    compiled while they are timed, and transformers models share one forward (the output
     unwrapper), which dynamo's default limit of 8 compiles per function would otherwise turn
     back into eager without an error."""
     saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
@@ -459,7 +459,7 @@ def run_case(spec: BenchModel, batch: int, first_batch: bool, systems: list[Syst
     prepared = prepare_case(spec, batch, first_batch, systems, opts, device, workdir, progress,
                             errors)
     with keep_freed_memory(opts.malloc_tuning):
-        time_cases([prepared], opts, opts.case_seconds, progress, errors)
+        time_cases([prepared], opts, None, progress, errors)
     return list(prepared.rows.values())
 
 

@@ -87,20 +87,17 @@ class CaseTimer:
         else:
             self.budget_s = self.spent_s + self.budget_left_s * factor
 
-    def visit(self, slices_left: int) -> float:
+    def visit(self, slices_left: int) -> None:
         """Time one slice of this case: warm up (fully at the first visit, which also sets the
         budget from the measured round), then as many rounds as the budget left shared by the
-        `slices_left` visits left (this one included); returns the seconds the rounds took."""
+        `slices_left` visits left (this one included)."""
         first = self.budget_s is None
         self._warm(self.opts.warmup if first else 0)
         if first:
             self.budget_s = case_budget(self.opts.case_seconds, self.round_s) * self.factor
         rounds = self._rounds(max(1, slices_left))
-        if not self.runs or rounds <= 0:
-            return 0.0
-        timed = self.slice(rounds)
-        self.spent_s += timed
-        return timed
+        if self.runs and rounds > 0:
+            self.spent_s += self.slice(rounds)
 
     def _rounds(self, slices_left: int) -> int:
         """Rounds for this visit: an equal share of the budget left, at least one round and an
@@ -134,13 +131,13 @@ class CaseTimer:
         return timed
 
     def _warm(self, full_rounds: int) -> None:
-        """Untimed calls of each system. A full warm-up (pass 1; it also recompiles what
-        torch._dynamo.reset dropped) calls each system at least 3 times, once per block call
-        and round, and sizes its blocks again from its fastest call: the single call measured
-        after preparation can be 100x slow (a 0.1 ms torch.compile call once took 10 ms there,
-        got one call per sample, and paid the previous runtime's thread wake-up on every
-        sample: 0.19x instead of 0.7x). A light warm-up calls only the fast systems, whose
-        first calls after another case pay for its cold caches."""
+        """Untimed calls of each system. A full warm-up (a case's first visit) calls each system
+        at least 3 times, once per block call and round, and sizes its blocks again from its
+        fastest call: the single call measured after preparation can be 100x slow (a 0.1 ms
+        torch.compile call once took 10 ms there, got one call per sample, and paid the
+        previous runtime's thread wake-up on every sample: 0.19x instead of 0.7x). A light
+        warm-up calls only the fast systems, whose first calls after another case pay for its
+        cold caches."""
         device = self.prepared.case.device
         with torch.no_grad():
             for name in list(self.runs):
