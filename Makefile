@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m compiler demo
+	$(PY) -m fxforge demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
@@ -24,7 +24,7 @@ test-long: $(STAMP)
 	FXFORGE_PROPERTY_EXAMPLES=2000 $(PY) -m pytest -q -n 2 tests/test_pass_properties.py
 
 bench: $(STAMP)
-	$(PY) -m compiler bench
+	$(PY) -m fxforge bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

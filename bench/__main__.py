@@ -2,7 +2,7 @@
 
 import sys
 
-from bench.harness import build_namespace, main
+from fxforge.bench.harness import build_namespace, main
 
 if __name__ == "__main__":
     sys.exit(main(build_namespace()))

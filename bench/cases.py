@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import torch
 
-from bench.metrics import MB, PeakMemory, first_tensor, output_error
-from bench.models import BenchModel
-from bench.systems import Case, Prepared, System, TorchCompile, Unavailable
+from fxforge.bench.metrics import MB, PeakMemory, first_tensor, output_error
+from fxforge.bench.models import BenchModel
+from fxforge.bench.systems import Case, Prepared, System, TorchCompile, Unavailable
 
 
 class Steps(Protocol):
@@ -121,7 +121,7 @@ def prepare_case(spec: BenchModel, batch: int, first_batch: bool, systems: list[
             ready = _prepare_one(system, case, row, first_batch, opts, later)
             row["error"] = output_error(expected, ready.call(*inputs))
             if spec.accuracy:
-                from compiler import zoo
+                from fxforge import zoo
 
                 row["accuracy"] = zoo.digits_accuracy(ready.call, batch)
             out.single_s[system.name] = _run_peak(ready.run, case.device, row)

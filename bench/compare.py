@@ -1,6 +1,6 @@
 """Compare the speedup ratios of two `fxforge bench` JSON files (ratio stability check).
 
-    python -m bench.compare RUN_A.json RUN_B.json [--tolerance 0.10]
+    python -m fxforge.bench.compare RUN_A.json RUN_B.json [--tolerance 0.10]
 
 For every (model, batch, system) that ran in both, prints speedup A, speedup B and their relative
 difference |B - A| / A; exits 1 when any difference exceeds the tolerance.

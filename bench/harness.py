@@ -35,14 +35,14 @@ from typing import Any
 
 import torch
 
-from bench import report
-from bench.allocator import fix_defaults, keep_freed_memory
-from bench.cases import new_row, prepare_case, reason_of
-from bench.metrics import LoadMeter
-from bench.models import DEFAULT_MODELS, QUICK_MODELS, BenchModel, get_models
-from bench.progress import Progress
-from bench.schedule import CaseTimer, fit_budgets, time_cases, visit_all
-from bench.systems import System, TorchCompile, all_systems
+from fxforge.bench import report
+from fxforge.bench.allocator import fix_defaults, keep_freed_memory
+from fxforge.bench.cases import new_row, prepare_case, reason_of
+from fxforge.bench.metrics import LoadMeter
+from fxforge.bench.models import DEFAULT_MODELS, QUICK_MODELS, BenchModel, get_models
+from fxforge.bench.progress import Progress
+from fxforge.bench.schedule import CaseTimer, fit_budgets, time_cases, visit_all
+from fxforge.bench.systems import System, TorchCompile, all_systems
 
 ROOT = Path(__file__).resolve().parent.parent
 # inside a checkout: bench/results/ of the repository; an installed package: ./bench-results

@@ -1,6 +1,6 @@
 """Microbenchmark: one int8 layer of `cpu-int8` against the float32 layer it replaces.
 
-    .venv/bin/python -m bench.int8_kernels [--repeats 15] [--only bert|resnet] [--batch 32]
+    .venv/bin/python -m fxforge.bench.int8_kernels [--repeats 15] [--only bert|resnet] [--batch 32]
                                            [--threads N] [--no-generic]
 
 Per layer shape (BERT-base linears at batch 32 x 128 tokens, ResNet-50/18 convolutions at batch
@@ -31,8 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.timing import interleaved_samples
-from kernels import torch_int8 as ti
+from fxforge.bench.timing import interleaved_samples
+from fxforge.kernels import torch_int8 as ti
 
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from compiler import zoo
+from fxforge import zoo
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,10 @@ def _spec(name: str, description: str, source: str, build: Callable, batches: tu
 
 def full_models() -> dict[str, BenchModel]:
     specs = [
-        _spec("mlp", "3-layer MLP, 64 -> 128 -> 128 -> 10", "compiler.zoo mlp", _zoo("mlp"),
+        _spec("mlp", "3-layer MLP, 64 -> 128 -> 128 -> 10", "fxforge.zoo mlp", _zoo("mlp"),
               (1, 64), (1, 256), reference_ok=True),
         _spec("digits", "small CNN trained on sklearn load_digits (8x8): BN, depthwise residual, "
-                        "concat", "compiler.zoo digits", _zoo("digits"), (1, 64), (1, 256),
+                        "concat", "fxforge.zoo digits", _zoo("digits"), (1, 64), (1, 256),
               reference_ok=True, accuracy=True, calibration=_digits_calibration),
         _spec("resnet18", "ResNet-18 (basic blocks [2,2,2,2], widths 64-512), 112x112 input",
               "transformers ResNetModel", _hf_resnet([2, 2, 2, 2], "basic", 112), (1, 8),
@@ -168,18 +168,18 @@ def full_models() -> dict[str, BenchModel]:
 def quick_models() -> dict[str, BenchModel]:
     """Tiny configs of the same models, one batch size: a smoke run in seconds."""
     specs = [
-        _spec("mlp", "3-layer MLP, 64 -> 128 -> 128 -> 10", "compiler.zoo mlp", _zoo("mlp"),
+        _spec("mlp", "3-layer MLP, 64 -> 128 -> 128 -> 10", "fxforge.zoo mlp", _zoo("mlp"),
               (8,), (8,), reference_ok=True),
-        _spec("digits", "small CNN trained on sklearn load_digits (8x8)", "compiler.zoo digits",
+        _spec("digits", "small CNN trained on sklearn load_digits (8x8)", "fxforge.zoo digits",
               _zoo("digits"), (8,), (8,), reference_ok=True, accuracy=True,
               calibration=_digits_calibration),
-        _spec("resnet18", "ResNet-18-style, width 16, 32x32", "compiler.zoo resnet18",
+        _spec("resnet18", "ResNet-18-style, width 16, 32x32", "fxforge.zoo resnet18",
               _zoo("resnet18"), (2,), (2,), reference_ok=True),
-        _spec("resnet50", "ResNet-50-style, width 16, 32x32", "compiler.zoo resnet50",
+        _spec("resnet50", "ResNet-50-style, width 16, 32x32", "fxforge.zoo resnet50",
               _zoo("resnet50"), (2,), (2,), reference_ok=True),
-        _spec("mobilenetv2", "MobileNetV2-style, width 0.5, 32x32", "compiler.zoo mobilenetv2",
+        _spec("mobilenetv2", "MobileNetV2-style, width 0.5, 32x32", "fxforge.zoo mobilenetv2",
               _zoo("mobilenetv2"), (2,), (2,), reference_ok=True),
-        _spec("vit", "ViT-style, 32x32, 4x4 patches, 2 layers", "compiler.zoo vit", _zoo("vit"),
+        _spec("vit", "ViT-style, 32x32, 4x4 patches, 2 layers", "fxforge.zoo vit", _zoo("vit"),
               (2,), (2,), reference_ok=True),
         _spec("bert-base", "BERT, tiny config (hidden 64, 2 layers), sequence 16",
               "transformers BertModel", _hf_bert(64, 2, 4, 16, vocab=128), (2,), (2,),

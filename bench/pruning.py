@@ -32,12 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.utils.prune as torch_prune
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from timing import interleaved_samples, machine, summarize  # noqa: E402
-
-from compiler import compile, prune_channels, zoo  # noqa: E402
+from fxforge import compile, prune_channels, zoo
+from fxforge.bench.timing import interleaved_samples, machine, summarize
 
 SYSTEMS = ("eager unpruned", "eager pruned", "fxforge cpu pruned")
 BAR = {"reduction": 0.45, "vs_unpruned": 1.6, "vs_pruned": 1.0}  # issue #3

@@ -35,9 +35,9 @@ import traceback
 
 import torch
 
-from bench.cases import PreparedCase, Steps, reason_of, sync
-from bench.systems import BASELINE
-from bench.timing import interleaved_blocks, summarize
+from fxforge.bench.cases import PreparedCase, Steps, reason_of, sync
+from fxforge.bench.systems import BASELINE
+from fxforge.bench.timing import interleaved_blocks, summarize
 
 LIGHT_WARMUP_S = 0.05  # later visits warm up (one untimed block) systems faster than this
 REFERENCE_ROUND_S = 0.25  # a case whose round takes this long gets --case-seconds

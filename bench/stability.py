@@ -1,8 +1,8 @@
 """How stable is a speedup ratio on this machine, and which way of timing makes it stable?
 
-    python -m bench.stability record mobilenetv2 --seconds 150 --out rec.json [--batch 1]
+    python -m fxforge.bench.stability record mobilenetv2 --seconds 150 --out rec.json [--batch 1]
                                      [--systems eager-fp32,onnxruntime-fp32,...]
-    python -m bench.stability simulate rec.json [--trials 300]
+    python -m fxforge.bench.stability simulate rec.json [--trials 300]
 
 `record` prepares one case for the chosen systems and times interleaved rounds for a long
 stretch, keeping every sample with its time (glibc malloc keeping freed memory, as in the
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from bench.allocator import keep_freed_memory
-from bench.schedule import block_calls
-from bench.systems import BASELINE, Case, all_systems
-from bench.timing import interleaved_blocks
+from fxforge.bench.allocator import keep_freed_memory
+from fxforge.bench.schedule import block_calls
+from fxforge.bench.systems import BASELINE, Case, all_systems
+from fxforge.bench.timing import interleaved_blocks
 
 DEFAULT_SYSTEMS = f"{BASELINE},torch-compile,onnxruntime-fp32,onnxruntime-int8,fxforge-cpu"
 # (slices, seconds of timed rounds per run): one 3 s stretch (the bench before passes), one 8 s
@@ -41,7 +41,7 @@ LAYOUTS = ((1, 3.0), (1, 8.0), (4, 8.0), (8, 8.0))
 
 
 def record(model: str, batch: int | None, systems: list[str], seconds: float) -> dict:
-    from bench.models import get_models
+    from fxforge.bench.models import get_models
 
     spec = get_models(False)[model]
     batch = batch or spec.batches[0]

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from bench.metrics import files_bytes, first_tensor, state_dict_bytes
-from bench.models import BenchModel
-from compiler.errors import DeviceUnavailableError
+from fxforge.bench.metrics import files_bytes, first_tensor, state_dict_bytes
+from fxforge.bench.models import BenchModel
+from fxforge.errors import DeviceUnavailableError
 
 NO_CUDA = "no CUDA device"
 
@@ -380,7 +380,7 @@ class OnnxRuntime(System):
 
 
 def _needs_cuda(target: str) -> bool:
-    from compiler.targets import TARGET_INFO
+    from fxforge.targets import TARGET_INFO
 
     return TARGET_INFO[target].backend == "triton" or target.startswith("cuda")
 
@@ -389,7 +389,7 @@ class Fxforge(System):
     kind = "fxforge"
 
     def __init__(self, target: str):
-        from compiler.targets import TARGET_INFO
+        from fxforge.targets import TARGET_INFO
 
         info = TARGET_INFO[target]
         self.target = target
@@ -400,7 +400,7 @@ class Fxforge(System):
             self.description += " (numpy's BLAS limited to one thread during the run)"
 
     def check(self, device: torch.device) -> str | None:
-        from compiler import compile as fx_compile
+        from fxforge import compile as fx_compile
 
         missing = None
         try:  # what compile() itself says about the target
@@ -422,7 +422,7 @@ class Fxforge(System):
         return None
 
     def prepare(self, case: Case) -> Prepared:
-        from compiler import compile as fx_compile
+        from fxforge import compile as fx_compile
 
         calibration = None
         if self.precision.startswith("int"):
@@ -449,7 +449,7 @@ class Fxforge(System):
 
 def _ir_bytes(compiled) -> int:
     """Bytes of what fxforge would ship: the optimized IR as text and its constants as .npz."""
-    from compiler.printer import print_graph
+    from fxforge.printer import print_graph
 
     graph = compiled.graph
     arrays = {}
@@ -468,7 +468,7 @@ def _ir_bytes(compiled) -> int:
 
 def all_systems() -> list[System]:
     """Every system the harness knows, in report order: eager first (the baseline)."""
-    from compiler.targets import TARGETS
+    from fxforge.targets import TARGETS
 
     systems: list[System] = [Eager("fp32"), Eager("fp16"), TorchCompile("default"),
                              TorchCompile("max-autotune", gpu_only=True),

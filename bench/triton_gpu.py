@@ -1,8 +1,9 @@
 """GPU benchmark of the Triton backend: kernels against cuBLAS / cuDNN, models against eager fp16
 and torch.compile. Every kernel result is checked before it is timed.
 
-    python -m bench.triton_gpu [--only gemm,epilogue,conv,e2e] [--repeats 50] [--no-autotune]
-    python -m bench.triton_gpu --smoke     # tiny shapes on the CPU interpreter: checks plumbing
+    python -m fxforge.bench.triton_gpu [--only gemm,epilogue,conv,e2e] [--repeats 50]
+                                       [--no-autotune]
+    python -m fxforge.bench.triton_gpu --smoke   # tiny shapes on the CPU interpreter (plumbing)
 
 Sections (times: CUDA events around each call, medians over interleaved rounds after warm-up):
 - gemm: int8 GEMM (ours, raw int32 out) in TOPS against `torch._int_mm` and fp16 `torch.matmul`
@@ -36,14 +37,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import compiler
-from bench.metrics import first_tensor, output_error
-from bench.timing import interleaved_samples, machine
-from compiler.ir import TensorType
-from kernels.triton import conv, gemm
-from kernels.triton.codegen import Epilogue
+import fxforge
+from fxforge.bench.harness import DEFAULT_OUT
+from fxforge.bench.metrics import first_tensor, output_error
+from fxforge.bench.timing import interleaved_samples, machine
+from fxforge.ir import TensorType
+from fxforge.kernels.triton import conv, gemm
+from fxforge.kernels.triton.codegen import Epilogue
 
-ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("gemm", "epilogue", "conv", "e2e")
 # ResNet-50 3x3 and 1x1 layers: (Cin, Cout, H, kernel, stride)
 RESNET_LAYERS = [(64, 64, 56, 3, 1), (128, 128, 28, 3, 1), (256, 256, 14, 3, 1),
@@ -69,7 +70,7 @@ class Bench:
         """The tuned config of a kernel module for one problem (None: the default one)."""
         if not self.autotune:
             return None
-        from kernels.triton.autotune import default_tuner
+        from fxforge.kernels.triton.autotune import default_tuner
 
         return default_tuner().pick(f"bench:{module.__name__}:{key}", (key,),
                                     list(module.CONFIGS), run)
@@ -194,7 +195,7 @@ def _conv_case(b: Bench, batch, cin, cout, h, k, s) -> None:
 
 
 def _models(b: Bench) -> list[tuple[str, Any, tuple]]:
-    from bench.models import get_models
+    from fxforge.bench.models import get_models
 
     specs = get_models(b.smoke)
     out = []
@@ -237,7 +238,7 @@ def _e2e_case(b: Bench, targets, name, model, inputs) -> None:
         try:
             calib = [tuple(torch.randn_like(x) if x.is_floating_point() else x
                            for x in inputs)] if target == "cuda-int8" else None
-            fast = compiler.compile(model, target, example_inputs=inputs, calibration=calib,
+            fast = fxforge.compile(model, target, example_inputs=inputs, calibration=calib,
                                     autotune=b.autotune)
             got = first_tensor(fast(*inputs)).float()
             errors[target] = output_error(expected, got)
@@ -258,13 +259,13 @@ def _e2e_case(b: Bench, targets, name, model, inputs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.triton_gpu", description=__doc__.split(
-        "\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fxforge.bench.triton_gpu",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--no-autotune", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU interpreter")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"

@@ -1,4 +1,4 @@
-"""The `fxforge` command line (also `python -m compiler`).
+"""The `fxforge` command line (also `python -m fxforge`).
 
     fxforge ir path/to/model.py:make_model --input 1x3x32x32      # captured and optimized IR
     fxforge compile zoo:resnet18 --target reference                # report + match against eager
@@ -22,13 +22,13 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from compiler import dtypes, zoo
-from compiler.api import compile as fx_compile
-from compiler.errors import FxforgeError
-from compiler.ops import OPS
-from compiler.pipeline import DebugOptions
-from compiler.printer import print_graph
-from compiler.targets import TARGET_INFO, TARGETS
+from fxforge import dtypes, zoo
+from fxforge.api import compile as fx_compile
+from fxforge.errors import FxforgeError
+from fxforge.ops import OPS
+from fxforge.pipeline import DebugOptions
+from fxforge.printer import print_graph
+from fxforge.targets import TARGET_INFO, TARGETS
 
 DEMO_MODEL = "resnet18"
 
@@ -238,7 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if getattr(args, "bench_missing", None):
         raise CliError(f"the bench package is not importable ({args.bench_missing}): run from "
                        "the repository root, or install fxforge with its bench extra")
-    from bench.harness import main as bench_main
+    from fxforge.bench.harness import main as bench_main
 
     return bench_main(args)
 
@@ -296,7 +296,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     try:
-        from bench.harness import add_arguments
+        from fxforge.bench.harness import add_arguments
     except ImportError as e:  # run from outside the repository without the bench package
         p.set_defaults(bench_missing=str(e))
         return

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from compiler import dtypes
-from compiler.capture import Captured, capture
-from compiler.errors import InputError
-from compiler.execute import TorchProgram, run_reference
-from compiler.ir import Graph
-from compiler.pipeline import DebugOptions, PassManager, parse_pipeline
-from compiler.quantization import Quantization, QuantOptions
-from compiler.report import CompileRecord, Report, count_flops, count_params
-from compiler.targets import Target, get_target
+from fxforge import dtypes
+from fxforge.capture import Captured, capture
+from fxforge.errors import InputError
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.ir import Graph
+from fxforge.pipeline import DebugOptions, PassManager, parse_pipeline
+from fxforge.quantization import Quantization, QuantOptions
+from fxforge.report import CompileRecord, Report, count_flops, count_params
+from fxforge.targets import Target, get_target
 
 
 @dataclass
@@ -76,7 +76,7 @@ class CompiledModel:
         self._autotune = autotune
         self._device = None
         if target.backend == "triton":
-            from kernels.triton.jit import check_device
+            from fxforge.kernels.triton.jit import check_device
 
             self._device = check_device(target.name)
         self._quant = None
@@ -197,7 +197,7 @@ class CompiledModel:
         return [leaves[i] for i in entry.captured.input_leaves]
 
     def _triton_program(self, graph: Graph) -> TorchProgram:
-        from kernels.triton.program import TritonProgram
+        from fxforge.kernels.triton.program import TritonProgram
 
         return TritonProgram(graph, self._device, autotune=self._autotune)
 

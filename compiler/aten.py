@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from compiler.shapes import norm_dim, norm_dims
+from fxforge.shapes import norm_dim, norm_dims
 
 aten = torch.ops.aten
 

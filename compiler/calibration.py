@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compiler.errors import CalibrationError
+from fxforge.errors import CalibrationError
 
 __all__ = ["METHODS", "ActivationStats", "RangeObserver", "check_method", "check_sample_shapes",
            "iter_samples"]

@@ -21,11 +21,11 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind, TensorArgument
 
-from compiler import dtypes, ops
-from compiler.aten import CONVERTERS, IGNORED, Unconvertible
-from compiler.errors import CaptureError, UnsupportedModelError
-from compiler.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
-from kernels import opaque
+from fxforge import dtypes, ops
+from fxforge.aten import CONVERTERS, IGNORED, Unconvertible
+from fxforge.errors import CaptureError, UnsupportedModelError
+from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
+from fxforge.kernels import opaque
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from compiler import dtypes, ops
-from compiler.errors import ExecutionError
-from compiler.ir import Graph, Node, Value
-from kernels.torch_backend import DEVICE_AWARE_OPS, TORCH_IMPLS, TORCH_PREPARE
+from fxforge import dtypes, ops
+from fxforge.errors import ExecutionError
+from fxforge.ir import Graph, Node, Value
+from fxforge.kernels.torch_backend import DEVICE_AWARE_OPS, TORCH_IMPLS, TORCH_PREPARE
 
 
 def _last_uses(graph: Graph) -> list[list[str]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler import dtypes
+from fxforge import dtypes
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TensorType:
         return math.prod(self.shape)
 
     def __str__(self) -> str:
-        from compiler.printer import format_type
+        from fxforge.printer import format_type
 
         return format_type(self)
 
@@ -219,7 +219,7 @@ class Graph:
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def __str__(self) -> str:
-        from compiler.printer import print_graph
+        from fxforge.printer import print_graph
 
         return print_graph(self)
 

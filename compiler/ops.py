@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler import dtypes
-from compiler.ir import Attrs, ConstData, Node, Provenance, TensorType, Value
-from compiler.shapes import (
+from fxforge import dtypes
+from fxforge.ir import Attrs, ConstData, Node, Provenance, TensorType, Value
+from fxforge.kernels import reference as ref
+from fxforge.shapes import (
     OpTypeError,
     broadcast,
     matmul_shape,
@@ -28,7 +29,6 @@ from compiler.shapes import (
     reshape_target,
     window_out,
 )
-from kernels import reference as ref
 
 REQUIRED = object()
 Types = Sequence[TensorType]
@@ -817,7 +817,7 @@ OPS: dict[str, OpDef] = {d.name: d for d in _DECLS}
 
 # The quantized ops (docs/quantized-ir.md) are declared in compiler/quant_ops.py from this
 # module's pieces, so they are imported here, at the end, once those pieces exist.
-from compiler import quant_ops  # noqa: E402
+from fxforge import quant_ops  # noqa: E402
 
 OPS.update({d.name: d for d in quant_ops.declarations()})
 

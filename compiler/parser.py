@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from compiler import dtypes
-from compiler.ir import Attrs, ConstData, Graph, Node, Provenance, QuantParams, TensorType, Value
-from compiler.printer import format_attr
+from fxforge import dtypes
+from fxforge.ir import Attrs, ConstData, Graph, Node, Provenance, QuantParams, TensorType, Value
+from fxforge.printer import format_attr
 
 
 class IRParseError(ValueError):

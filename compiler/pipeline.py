@@ -29,12 +29,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-import passes  # attribute access deferred: passes import the IR, which imports this
-from compiler.errors import PipelineError
-from compiler.ir import Graph
-from compiler.parser import parse_ir
-from compiler.printer import print_graph
-from compiler.verify import IRVerificationError, verify
+from fxforge.errors import PipelineError
+from fxforge.ir import Graph
+from fxforge.parser import parse_ir
+from fxforge.passes import registry as pass_registry  # PASSES read at call time
+from fxforge.printer import print_graph
+from fxforge.verify import IRVerificationError, verify
 
 ALL = "all"
 
@@ -43,10 +43,10 @@ def parse_pipeline(spec: str | Sequence[str]) -> tuple[str, ...]:
     """`"dce, fuse"` or `["dce", "fuse"]` -> validated tuple of pass names."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [n for n in names if n]
-    unknown = [n for n in names if n not in passes.PASSES]
+    unknown = [n for n in names if n not in pass_registry.PASSES]
     if unknown:
         raise PipelineError(f"unknown pass(es) {', '.join(map(repr, unknown))}; "
-                            f"known passes: {', '.join(sorted(passes.PASSES))}")
+                            f"known passes: {', '.join(sorted(pass_registry.PASSES))}")
     return tuple(names)
 
 
@@ -155,7 +155,7 @@ class PassManager:
                 self._emit(f"IR before {name}", print_graph(graph))
             start = time.perf_counter()
             try:
-                new, stats = passes.PASSES[name](graph, **self.options.get(name, {}))
+                new, stats = pass_registry.PASSES[name](graph, **self.options.get(name, {}))
             except Exception as e:
                 raise PipelineError(f"pass {name!r} failed: {type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.ir import ConstData, Graph, Node, Provenance, TensorType
+from fxforge.ir import ConstData, Graph, Node, Provenance, TensorType
 
 INLINE_LIMIT = 4  # constants with at most this many elements print their values
 _SAFE_MODULE = re.compile(r"[A-Za-z0-9_.\-]+")

@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compiler.ir import ConstData, Graph, Node
-from passes.channels import (
+from fxforge.ir import ConstData, Graph, Node
+from fxforge.passes.channels import (
     BINARY_SAFE,
     HANDLERS,
     UNARY_SAFE,
@@ -464,8 +464,8 @@ def pruning_plan(model: torch.nn.Module, amount: float, example_inputs: Any,
                  importance: str = "l1", round_to: int = 1) -> PruningPlan:
     """What `prune_channels` would zero, without changing anything (the model is only read,
     as `compile` reads it)."""
-    from compiler.api import _normalize_example
-    from compiler.capture import capture
+    from fxforge.api import _normalize_example
+    from fxforge.capture import capture
 
     _check_arguments(model, amount, importance, round_to)
     args, kwargs = _normalize_example(example_inputs)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from kernels.reference_quant import dequantize_int4, unpack_int4
+from fxforge.kernels.reference_quant import dequantize_int4, unpack_int4
 
 __all__ = ["dequantize_int4", "pack_int4", "qparams_from_range", "quantize_int4_groupwise",
            "quantize_int8_per_channel", "unpack_int4"]

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compiler.ir import Attrs, QuantParams, TensorType
-from compiler.shapes import OpTypeError
-from kernels import reference_quant as rq
+from fxforge.ir import Attrs, QuantParams, TensorType
+from fxforge.kernels import reference_quant as rq
+from fxforge.shapes import OpTypeError
 
 if TYPE_CHECKING:
-    from compiler.ops import OpDef
+    from fxforge.ops import OpDef
 
 Types = Sequence[TensorType]
 
@@ -184,7 +184,7 @@ def _channel_inputs(op: str, ins: Types, attrs: Attrs, channels: int) -> None:
 def _epilogue_stages(op: str, base: TensorType, ins: Types, attrs: Attrs) -> list[TensorType]:
     """The float32 value after the bias and after each epilogue step (`ops.epilogue_types`).
     Steps may only read the epilogue operands (f32 inputs after the base inputs)."""
-    from compiler.ops import epilogue_types  # see the module docstring
+    from fxforge.ops import epilogue_types  # see the module docstring
 
     n = base_inputs(attrs)
     for i, t in enumerate(ins[n:], n):
@@ -224,7 +224,7 @@ def _qlinear(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 
 def _qconv2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
-    from compiler.ops import _conv2d  # the float op's shape rule; see the module docstring
+    from fxforge.ops import _conv2d  # the float op's shape rule; see the module docstring
 
     quant = _q_attrs("qconv2d", ins, attrs)
     try:
@@ -243,7 +243,7 @@ def _q_flops(base: str):
     """The float op's FLOPs plus one per element per epilogue step (as the fused ops count)."""
 
     def flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
-        from compiler import ops  # see the module docstring
+        from fxforge import ops  # see the module docstring
 
         base_flops = {"linear": ops._linear_flops, "conv2d": ops._conv2d_flops}[base]
         return base_flops(ins[:2], outs, attrs) + outs[0].numel * len(attrs["epilogue"])
@@ -277,7 +277,7 @@ def _linear_int4(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 
 def _linear_int4_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
-    from compiler.ops import _linear_flops  # see the module docstring
+    from fxforge.ops import _linear_flops  # see the module docstring
 
     x, packed = ins[0], ins[1]
     return _linear_flops([x, TensorType((packed.shape[0], x.shape[-1]), "f32")], outs, attrs)
@@ -288,7 +288,7 @@ def _linear_int4_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -
 
 def declarations() -> list[OpDef]:
     """The OpDefs of the quantized ops, for `compiler.ops.OPS`."""
-    from compiler.ops import AttrSpec, OpDef  # see the module docstring
+    from fxforge.ops import AttrSpec, OpDef  # see the module docstring
 
     q_attrs = {
         "has_bias": AttrSpec("bool"),

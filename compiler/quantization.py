@@ -26,13 +26,13 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from compiler.calibration import ActivationStats, check_method, iter_samples
-from compiler.capture import Captured, capture
-from compiler.errors import CalibrationError, FxforgeError
-from compiler.execute import TorchProgram
-from compiler.ir import Graph, Node
-from compiler.pipeline import DebugOptions, PassManager
-from passes.quantize import quantize_graph
+from fxforge.calibration import ActivationStats, check_method, iter_samples
+from fxforge.capture import Captured, capture
+from fxforge.errors import CalibrationError, FxforgeError
+from fxforge.execute import TorchProgram
+from fxforge.ir import Graph, Node
+from fxforge.passes.quantize import quantize_graph
+from fxforge.pipeline import DebugOptions, PassManager
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from compiler import ops
-from compiler.capture import Fallback
-from compiler.ir import Graph
-from compiler.pipeline import PassRecord
+from fxforge import ops
+from fxforge.capture import Fallback
+from fxforge.ir import Graph
+from fxforge.pipeline import PassRecord
 
 if TYPE_CHECKING:
-    from compiler.quantization import QuantAnalysis
+    from fxforge.quantization import QuantAnalysis
 
 
 def count_params(graph: Graph) -> int:

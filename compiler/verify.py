@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 
-from compiler import ops
-from compiler.errors import FxforgeError
-from compiler.ir import ConstData, Graph, Node, Value
-from compiler.shapes import OpTypeError
+from fxforge import ops
+from fxforge.errors import FxforgeError
+from fxforge.ir import ConstData, Graph, Node, Value
+from fxforge.shapes import OpTypeError
 
 
 class IRVerificationError(FxforgeError, ValueError):

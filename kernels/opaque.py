@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compiler import dtypes
+from fxforge import dtypes
 
 _TARGET = re.compile(r"(aten|prims)\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
 _MEMORY_FORMATS = {

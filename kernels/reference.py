@@ -127,7 +127,7 @@ def cast(x, *, dtype):
 def _common(a, b, floating=False):
     """Both operands converted to torch's result dtype (a 0-d f32 compared with an f16 tensor is
     rounded to f16 first, as in torch), then widened. `floating`: integer results become f32."""
-    from compiler import dtypes  # not at the top: compiler imports this module
+    from fxforge import dtypes  # not at the top: compiler imports this module
 
     name = dtypes.promote([(dtypes.from_numpy(x.dtype), np.ndim(x)) for x in (a, b)])
     if floating and not dtypes.is_float(name):
@@ -390,7 +390,7 @@ def expand(x, *, shape):
 
 
 def arange(*, start, end, step, dtype):
-    from compiler import dtypes  # not at the top: compiler imports this module
+    from fxforge import dtypes  # not at the top: compiler imports this module
 
     if not dtypes.is_float(dtype):
         # torch counts from the truncated start by the truncated step; only int64 also takes
@@ -409,7 +409,7 @@ def full(*, shape, value, dtype):
 
 
 def torch_op(*inputs, target, args, kwargs):
-    from kernels.opaque import call_on_arrays
+    from fxforge.kernels.opaque import call_on_arrays
 
     return call_on_arrays(target, args, kwargs, inputs)
 
@@ -419,15 +419,15 @@ def torch_op(*inputs, target, args, kwargs):
 
 def _stages(op, inputs, attrs):
     """Each intermediate's dtype as numpy, from the op's own type inference."""
-    from compiler import dtypes, ops  # not at the top: compiler imports this module
-    from compiler.ir import TensorType
+    from fxforge import dtypes, ops  # not at the top: compiler imports this module
+    from fxforge.ir import TensorType
 
     types = [TensorType(np.shape(x), dtypes.from_numpy(np.asarray(x).dtype)) for x in inputs]
     return [dtypes.to_numpy(t.dtype) for t in ops.stage_types(op, types, attrs)]
 
 
 def _step_fn(step):
-    from compiler import ops  # not at the top: compiler imports this module
+    from fxforge import ops  # not at the top: compiler imports this module
 
     return ops.get(step["op"]).reference, dict(step.get("attrs", {}))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import reference as ref
+from fxforge.kernels import reference as ref
 
 INT32_MAX = 2**31 - 1
 F32 = np.float32
@@ -82,8 +82,8 @@ def _epilogue_f32(y: np.ndarray, inputs, epilogue) -> np.ndarray:
     float32 that type inference gives it (the quantized ops' inference insists on float32)."""
     if not epilogue:
         return y
-    from compiler import dtypes, ops  # not at the top: compiler imports this module
-    from compiler.ir import TensorType
+    from fxforge import dtypes, ops  # not at the top: compiler imports this module
+    from fxforge.ir import TensorType
 
     types = [TensorType(np.shape(a), dtypes.from_numpy(np.asarray(a).dtype)) for a in inputs]
     stages = ops.epilogue_types(TensorType(y.shape, "f32"), types, epilogue)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from compiler import dtypes
-from kernels import torch_int8
-from kernels.opaque import call_on_tensors
+from fxforge import dtypes
+from fxforge.kernels import torch_int8
+from fxforge.kernels.opaque import call_on_tensors
 
 
 def _no_attrs(fn):

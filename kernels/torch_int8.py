@@ -252,7 +252,7 @@ def _run_epilogue(y: Tensor, inputs: Sequence[Tensor], steps: Sequence[Any]) -> 
     if not steps:
         return y
     # Imported here: torch_backend imports this module to register IMPLS (no import cycle).
-    from kernels.torch_backend import _epilogue
+    from fxforge.kernels.torch_backend import _epilogue
 
     return _epilogue(y, inputs, steps)
 
@@ -336,7 +336,7 @@ def max_pool2d(x: Tensor, *, kernel, stride, padding, dilation, ceil_mode) -> Te
     views of its window offsets, in x's memory format. torch's own integer max_pool2d is not
     vectorized (several times slower than this) and refuses channels-last int8 inputs, which
     the int8 convolutions write."""
-    from compiler.shapes import window_out
+    from fxforge.shapes import window_out
 
     (kh, kw), (s0, s1), (p0, p1), (d0, d1) = (_pair(kernel), _pair(stride), _pair(padding),
                                               _pair(dilation))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from compiler.ir import Graph, Node, Value
-from passes.fold_constants import _fold
-from passes.rewrite import Rewriter, Rule, rewrite
+from fxforge.ir import Graph, Node, Value
+from fxforge.passes.fold_constants import _fold
+from fxforge.passes.rewrite import Rewriter, Rule, rewrite
 
 
 def _input_if(condition: Callable[[Node], bool]):

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler import dtypes
-from compiler.execute import run_reference
-from compiler.ir import Graph, Node, TensorType, Value
+from fxforge import dtypes
+from fxforge.execute import run_reference
+from fxforge.ir import Graph, Node, TensorType, Value
 
 UNARY_SAFE = {"relu", "clamp", "sigmoid", "tanh", "gelu", "silu", "hardswish", "hardsigmoid",
               "neg", "abs", "exp", "sqrt", "rsqrt", "log", "erf", "identity", "dropout", "cast"}

@@ -7,8 +7,8 @@ digest and type. Opaque `torch_op` nodes are left alone: they may be random.
 
 from __future__ import annotations
 
-from compiler.ir import Graph, Node, Value
-from passes.dce import dce
+from fxforge.ir import Graph, Node, Value
+from fxforge.passes.dce import dce
 
 
 def _key(node: Node) -> tuple:

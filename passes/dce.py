@@ -5,7 +5,7 @@ Every IR op is pure (capture functionalizes the model), so an unused result is d
 
 from __future__ import annotations
 
-from compiler.ir import Graph
+from fxforge.ir import Graph
 
 
 def dce(graph: Graph) -> tuple[Graph, dict[str, int]]:

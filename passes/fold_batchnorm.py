@@ -15,9 +15,9 @@ from collections import Counter
 
 import numpy as np
 
-from compiler.ir import Graph, Node, Value
-from passes.dce import dce
-from passes.rewrite import Rewriter
+from fxforge.ir import Graph, Node, Value
+from fxforge.passes.dce import dce
+from fxforge.passes.rewrite import Rewriter
 
 
 def _scale_shift(bn: Node, rw: Rewriter) -> tuple[np.ndarray, np.ndarray] | None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from compiler.execute import run_reference
-from compiler.ir import Graph, Node, Value
-from passes.rewrite import Rewriter, Rule, rewrite
+from fxforge.execute import run_reference
+from fxforge.ir import Graph, Node, Value
+from fxforge.passes.rewrite import Rewriter, Rule, rewrite
 
 FOLD_LIMIT = 1 << 16  # elements a folded constant may have beyond its largest input
 

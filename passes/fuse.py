@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import ConstData, Graph, NameGenerator, Node, Provenance, Value
-from compiler.shapes import OpTypeError, norm_dim
-from passes.rewrite import Rewriter, Rule, rewrite
+from fxforge import ops
+from fxforge.ir import ConstData, Graph, NameGenerator, Node, Provenance, Value
+from fxforge.passes.rewrite import Rewriter, Rule, rewrite
+from fxforge.shapes import OpTypeError, norm_dim
 
 EPILOGUE_UNARY = frozenset(("relu", "clamp", "gelu", "silu", "sigmoid", "tanh", "hardswish",
                             "hardsigmoid"))

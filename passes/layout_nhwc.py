@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from compiler import ops
-from compiler.ir import Graph, NameGenerator, Node, Provenance, Value
+from fxforge import ops
+from fxforge.ir import Graph, NameGenerator, Node, Provenance, Value
 
 CONVS = frozenset(("conv2d", "fused_conv2d", "qconv2d"))
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from compiler import ops, quant_math
-from compiler.ir import Graph, Node, Provenance, Value
-from passes.rewrite import Rewriter
+from fxforge import ops, quant_math
+from fxforge.ir import Graph, Node, Provenance, Value
+from fxforge.passes.rewrite import Rewriter
 
 MIN_DOT = 16  # products per output below which int8 does not pay for quantizing its input
 QUANTIZABLE = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d", "linear": "qlinear",

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from compiler import ops, quant_math
-from compiler.ir import Graph, Node
-from passes.rewrite import Rewriter
+from fxforge import ops, quant_math
+from fxforge.ir import Graph, Node
+from fxforge.passes.rewrite import Rewriter
 
 GROUP_SIZES = (128, 64, 32, 16)
 

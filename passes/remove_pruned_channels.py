@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
-from passes.channels import ChannelAnalysis, analyze
+from fxforge import ops
+from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
+from fxforge.passes.channels import ChannelAnalysis, analyze
 
 
 class _Builder:
@@ -38,7 +38,7 @@ class _Builder:
         return np.setdiff1d(np.arange(v.type.shape[1]), removed)
 
     def const(self, array: np.ndarray, like: Value) -> Value:
-        from compiler import dtypes
+        from fxforge import dtypes
 
         array = np.ascontiguousarray(array.astype(dtypes.to_numpy(like.type.dtype)))
         provenance = self.graph.producers[like.name].provenance if like.name in \
@@ -194,7 +194,7 @@ def remove_pruned_channels(graph: Graph) -> tuple[Graph, dict]:
             layers.append(f"{node.provenance.module or node.output.name}: {c} -> "
                           f"{c - len(removed)}")
     outputs = tuple(b.mapping.get(v.name, v) for v in graph.outputs)
-    from passes.dce import dce
+    from fxforge.passes.dce import dce
 
     result, _ = dce(Graph(graph.inputs, tuple(b.nodes), outputs))
     stats = {"channels-removed": removed_total, "layers": layers}

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from compiler import dtypes, ops
-from compiler.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
-from passes.dce import dce
+from fxforge import dtypes, ops
+from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
+from fxforge.passes.dce import dce
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from compiler import ops, quant_ops
-from compiler.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
-from compiler.shapes import OpTypeError
+from fxforge import ops, quant_ops
+from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
+from fxforge.shapes import OpTypeError
 
 _QUANT_OPS = frozenset(d.name for d in quant_ops.declarations())
 _STEP_ATTRS = ("epilogue", "steps")  # the fused ops' lists of elementwise steps

@@ -2,10 +2,10 @@
 
 The kernel tests build CPU tensors and check every kernel against the numpy reference, so they
 run the interpreter on any machine, a GPU machine included (where CPU tensors cannot go to a real
-kernel). On a GPU, `python -m bench.triton_gpu` checks the same kernels on the device before it
-times them. Kernels are made when a graph is prepared (kernels/triton/jit.py), and Triton reads
-TRITON_INTERPRET when a kernel is made, so setting it here, before any test runs, is enough; an
-explicit TRITON_INTERPRET in the environment wins.
+kernel). On a GPU, `python -m fxforge.bench.triton_gpu` checks the same kernels on the device
+before it times them. Kernels are made when a graph is prepared (kernels/triton/jit.py), and
+Triton reads TRITON_INTERPRET when a kernel is made, so setting it here, before any test runs, is
+enough; an explicit TRITON_INTERPRET in the environment wins.
 """
 
 import os

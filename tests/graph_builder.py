@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler import dtypes, ops
-from compiler.ir import Attrs, ConstData, Node, TensorType, Value
+from fxforge import dtypes, ops
+from fxforge.ir import Attrs, ConstData, Node, TensorType, Value
 
 
 class GraphBuilder:

@@ -8,11 +8,11 @@ import re
 
 import numpy as np
 
-import passes
-from compiler import parse_ir, verify
-from compiler.execute import run_reference
-from compiler.ir import Graph
-from compiler.printer import print_graph
+from fxforge import parse_ir, verify
+from fxforge.execute import run_reference
+from fxforge.ir import Graph
+from fxforge.passes import registry as passes
+from fxforge.printer import print_graph
 
 
 def canonical(graph: Graph) -> str:

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from compiler import dtypes
-from compiler.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
-from compiler.ops import build_node
-from compiler.verify import verify
+from fxforge import dtypes
+from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
+from fxforge.ops import build_node
+from fxforge.verify import verify
 
 __all__ = [
     "HOSTILE_NAMES",

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import compiler
-from compiler import (
+import fxforge
+from fxforge import (
     TARGETS,
     CaptureError,
     InputError,
@@ -18,8 +18,8 @@ from compiler import (
     compile,
     zoo,
 )
-from compiler.errors import DeviceUnavailableError
-from compiler.targets import TARGET_INFO
+from fxforge.errors import DeviceUnavailableError
+from fxforge.targets import TARGET_INFO
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -186,7 +186,7 @@ def test_unknown_targets():
         compile(model, "gpu")
     for name in TARGETS:
         assert name in str(info.value)
-    assert compiler.TARGETS == TARGETS
+    assert fxforge.TARGETS == TARGETS
     assert {"reference", "cpu", "reference-int8", "cpu-int8", "cuda", "cuda-fp16", "cuda-int8",
             "cuda-int4"} == set(TARGETS)
 
@@ -370,7 +370,7 @@ def test_hostile_module_names_are_carried_safely():
     fast = compile(model, "cpu", example_inputs=torch.randn(2, 3))
     graph = fast.graph
     text = str(graph)
-    assert compiler.parse_ir(text) == graph
+    assert fxforge.parse_ir(text) == graph
     assert len(text.splitlines()) == len(graph.nodes) + 3  # no name broke a line
     linear = next(n for n in graph.nodes if n.op in ("linear", "fused_linear"))
     assert linear.provenance.module == HOSTILE

@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
-from bench import harness, report
-from bench.models import quick_models
-from bench.systems import Eager, Prepared, System
-from compiler.__main__ import main
+from fxforge.__main__ import main
+from fxforge.bench import harness, report
+from fxforge.bench.models import quick_models
+from fxforge.bench.systems import Eager, Prepared, System
 
 SYSTEMS = ["eager-fp32", "eager-fp16", "onnxruntime-fp32", "onnxruntime-int8", "fxforge-reference",
            "fxforge-cpu", "fxforge-cpu-int8", "fxforge-cuda"]
@@ -167,7 +167,7 @@ def test_quick_run_times_in_passes_with_the_allocator_recorded(run):
 def _timeline(time_limit):
     from types import SimpleNamespace
 
-    from bench.progress import Progress
+    from fxforge.bench.progress import Progress
 
     opts = SimpleNamespace(passes=1, time_limit=time_limit, malloc_tuning=False)
     errors: list[str] = []
@@ -175,7 +175,7 @@ def _timeline(time_limit):
 
 
 def _queued_row(cold_s):
-    from bench.cases import new_row
+    from fxforge.bench.cases import new_row
 
     row = new_row("m", 1, "torch-compile", "ok")
     row["compile_s"]["cold"] = cold_s

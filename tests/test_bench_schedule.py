@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import allocator
-from bench.cases import PreparedCase, new_row
-from bench.schedule import CaseTimer, block_calls, case_budget, time_cases, visit_all
-from bench.systems import BASELINE, Case
+from fxforge.bench import allocator
+from fxforge.bench.cases import PreparedCase, new_row
+from fxforge.bench.schedule import CaseTimer, block_calls, case_budget, time_cases, visit_all
+from fxforge.bench.systems import BASELINE, Case
 
 
 class _Steps:
@@ -209,7 +209,7 @@ def test_outside_the_slices_freed_blocks_go_back_to_the_kernel():
 
 
 def test_slices_continue_the_rotation_of_the_rounds():
-    from bench.timing import interleaved_blocks
+    from fxforge.bench.timing import interleaved_blocks
 
     order: list[str] = []
     systems = {n: (lambda n=n: order.append(n)) for n in ("x", "y", "z")}

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from bench import stability
-from bench.systems import BASELINE
+from fxforge.bench import stability
+from fxforge.bench.systems import BASELINE
 
 
 def _record(ratio_at, seconds=200.0, per_second=20):

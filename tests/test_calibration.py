@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from compiler.calibration import (
+from fxforge.calibration import (
     METHODS,
     ActivationStats,
     RangeObserver,
@@ -19,7 +19,7 @@ from compiler.calibration import (
     check_sample_shapes,
     iter_samples,
 )
-from compiler.errors import CalibrationError, FxforgeError
+from fxforge.errors import CalibrationError, FxforgeError
 
 
 def _gen(seed: int = 0) -> torch.Generator:

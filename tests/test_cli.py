@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from compiler import parse_ir
-from compiler.__main__ import main
+from fxforge import parse_ir
+from fxforge.__main__ import main
 
 MODEL_FILE = textwrap.dedent("""
     import torch

@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 from passes_util import canonical, dedent_ir, run_pass
 
-from compiler import compile, verify
-from compiler.execute import TorchProgram, run_reference
-from compiler.quant_math import quantize_int4_groupwise
-from kernels.reference_quant import dequantize_int4
-from passes.quantize_int4 import quantize_int4
+from fxforge import compile, verify
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.kernels.reference_quant import dequantize_int4
+from fxforge.passes.quantize_int4 import quantize_int4
+from fxforge.quant_math import quantize_int4_groupwise
 
 CONV1 = "conv2d[stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1]"
 EXACT = {"rtol": 1e-6, "atol": 1e-7}

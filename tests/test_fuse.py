@@ -19,13 +19,13 @@ import torch.utils._pytree as pytree
 from hypothesis import given, settings
 from random_graphs import random_graphs, random_inputs
 
-import passes
-from compiler import compile, ops, parse_ir, verify, zoo
-from compiler.execute import TorchProgram, run_reference
-from compiler.ir import Graph, TensorType
-from compiler.printer import print_graph
-from compiler.shapes import OpTypeError
-from passes.fuse import fuse
+from fxforge import compile, ops, parse_ir, verify, zoo
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.ir import Graph, TensorType
+from fxforge.passes import registry as passes
+from fxforge.passes.fuse import fuse
+from fxforge.printer import print_graph
+from fxforge.shapes import OpTypeError
 
 RTOL, ATOL = 1e-4, 1e-5
 CPU = torch.device("cpu")

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from random_graphs import random_graphs, random_inputs
 
-from compiler import ops
-from compiler.errors import ExecutionError
-from compiler.execute import run_reference
-from compiler.ir import (
+from fxforge import ops
+from fxforge.errors import ExecutionError
+from fxforge.execute import run_reference
+from fxforge.ir import (
     Attrs,
     ConstData,
     Graph,
@@ -27,11 +27,11 @@ from compiler.ir import (
     TensorType,
     Value,
 )
-from compiler.parser import IRParseError, parse_ir
-from compiler.pipeline import DebugOptions, PassManager, load_dump
-from compiler.printer import INLINE_LIMIT, print_graph
-from compiler.verify import IRVerificationError, verify
-from passes.dce import dce
+from fxforge.parser import IRParseError, parse_ir
+from fxforge.passes.dce import dce
+from fxforge.pipeline import DebugOptions, PassManager, load_dump
+from fxforge.printer import INLINE_LIMIT, print_graph
+from fxforge.verify import IRVerificationError, verify
 
 PROPERTY = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

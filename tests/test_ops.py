@@ -23,10 +23,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compiler import dtypes, ops
-from compiler.execute import TorchProgram, run_reference
-from compiler.ir import Attrs, ConstData, Graph, Node, TensorType, Value
-from compiler.shapes import OpTypeError
+from fxforge import dtypes, ops
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.ir import Attrs, ConstData, Graph, Node, TensorType, Value
+from fxforge.shapes import OpTypeError
 
 TOLERANCES = {  # dtype -> (rtol, atol)
     torch.float16: (1e-3, 1e-3),

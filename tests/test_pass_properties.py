@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from random_graphs import random_graphs, random_inputs
 
-import passes
-from compiler.execute import run_reference
-from compiler.pipeline import PassManager
-from compiler.targets import TARGET_INFO
-from compiler.verify import verify
+from fxforge.execute import run_reference
+from fxforge.passes import registry as passes
+from fxforge.pipeline import PassManager
+from fxforge.targets import TARGET_INFO
+from fxforge.verify import verify
 
 EXAMPLES = int(os.environ.get("FXFORGE_PROPERTY_EXAMPLES", "40"))
 RTOL, ATOL = 1e-4, 1e-5

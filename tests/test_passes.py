@@ -10,7 +10,7 @@ import pytest
 import torch
 from passes_util import canonical, dedent_ir, run_pass
 
-from compiler import compile, parse_ir, zoo
+from fxforge import compile, parse_ir, zoo
 
 CONV1 = "conv2d[stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1]"
 CONV3 = "conv2d[stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1]"

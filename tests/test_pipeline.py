@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import passes
-from compiler import DebugOptions, PassManager, PipelineError, compile, parse_ir, zoo
-from compiler.execute import run_reference
-from compiler.ir import Graph
-from compiler.pipeline import load_dump, parse_pipeline
+from fxforge import DebugOptions, PassManager, PipelineError, compile, parse_ir, zoo
+from fxforge.execute import run_reference
+from fxforge.ir import Graph
+from fxforge.passes import registry as passes
+from fxforge.pipeline import load_dump, parse_pipeline
 
 DEAD_CODE = """
 graph(%x: f32[2,3]) {

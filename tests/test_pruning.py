@@ -9,11 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
 
-import compiler
-from compiler import compile, prune_channels, zoo
-from compiler.pruning import kept_count, pruning_plan
-from compiler.report import count_flops, count_params
-from passes import PASSES
+import fxforge
+from fxforge import compile, prune_channels, zoo
+from fxforge.passes.registry import PASSES
+from fxforge.pruning import kept_count, pruning_plan
+from fxforge.report import count_flops, count_params
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -360,7 +360,7 @@ def test_bad_arguments_are_refused_clearly(kwargs, error, match):
     args = {"model": nn.Conv2d(3, 4, 1), "amount": 0.5, "example_inputs": torch.randn(1, 3, 4, 4),
             **kwargs}
     with pytest.raises(error, match=match):
-        compiler.prune_channels(**args)
+        fxforge.prune_channels(**args)
 
 
 # --- torch.nn.utils.prune, compiled -------------------------------------------------------------

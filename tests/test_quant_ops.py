@@ -27,20 +27,20 @@ import numpy as np
 import pytest
 from graph_builder import GraphBuilder
 
-from compiler import ops, parse_ir, verify
-from compiler.execute import run_reference
-from compiler.ir import Graph, QuantParams, TensorType, Value
-from compiler.printer import print_graph
-from compiler.quant_math import (
+from fxforge import ops, parse_ir, verify
+from fxforge.execute import run_reference
+from fxforge.ir import Graph, QuantParams, TensorType, Value
+from fxforge.kernels import reference_quant as rq
+from fxforge.printer import print_graph
+from fxforge.quant_math import (
     pack_int4,
     qparams_from_range,
     quantize_int4_groupwise,
     quantize_int8_per_channel,
     unpack_int4,
 )
-from compiler.quant_ops import per_tensor
-from compiler.shapes import OpTypeError
-from kernels import reference_quant as rq
+from fxforge.quant_ops import per_tensor
+from fxforge.shapes import OpTypeError
 
 F32_EPS = 2.0**-24  # relative rounding error of one float32 operation
 

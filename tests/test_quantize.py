@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import compiler
-from compiler import zoo
-from compiler.errors import CalibrationError
-from compiler.execute import TorchProgram, run_reference
-from compiler.verify import verify
+import fxforge
+from fxforge import zoo
+from fxforge.errors import CalibrationError
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.verify import verify
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -39,7 +39,7 @@ def _ops(graph) -> list[str]:
 @pytest.mark.parametrize("method", METHODS)
 def test_digits_static_int8_keeps_99_percent_of_float_accuracy(digits, method, target):
     model, calibration, float_acc = digits
-    fast = compiler.compile(model, target, calibration=calibration, calibration_method=method)
+    fast = fxforge.compile(model, target, calibration=calibration, calibration_method=method)
     acc = zoo.digits_accuracy(fast)
     ops = _ops(fast.graph)
     assert ops.count("qconv2d") == 4 and "qlinear" in ops, ops  # stem and depthwise: K=9
@@ -53,8 +53,8 @@ def test_digits_static_int8_keeps_99_percent_of_float_accuracy(digits, method, t
 def test_digits_reference_int8_agrees_with_cpu_int8(digits):
     model, calibration, float_acc = digits
     x = zoo.digits_data().x_test[:64]
-    fast = compiler.compile(model, "cpu-int8", calibration=calibration, example_inputs=(x,))
-    ref = compiler.compile(model, "reference-int8", calibration=calibration,
+    fast = fxforge.compile(model, "cpu-int8", calibration=calibration, example_inputs=(x,))
+    ref = fxforge.compile(model, "reference-int8", calibration=calibration,
                            example_inputs=(x,))
     assert str(fast.graph) == str(ref.graph)  # the same quantized IR
     a, b = fast(x), ref(x)
@@ -67,7 +67,7 @@ def test_digits_reference_int8_agrees_with_cpu_int8(digits):
 
 def test_static_int8_flows_between_layers_and_round_trips_are_reported(digits):
     model, calibration, _ = digits
-    fast = compiler.compile(model, "cpu-int8", calibration=calibration,
+    fast = fxforge.compile(model, "cpu-int8", calibration=calibration,
                             example_inputs=(calibration[0],))
     graph = fast.graph
     int8_links = [n for n in graph.nodes if n.op in ("qconv2d", "qlinear")
@@ -86,12 +86,12 @@ def test_static_int8_flows_between_layers_and_round_trips_are_reported(digits):
 
 def test_min_sqnr_keeps_worst_layers_float_and_lists_them(digits):
     model, calibration, _ = digits
-    base = compiler.compile(model, "cpu-int8", calibration=calibration,
+    base = fxforge.compile(model, "cpu-int8", calibration=calibration,
                             example_inputs=(calibration[0],))
     layers = base.report.latest.quantization.layers
     worst = min(layers, key=lambda lay: lay.sqnr_local_db)
     threshold = worst.sqnr_local_db + 0.01
-    kept = compiler.compile(model, "cpu-int8", calibration=calibration, min_sqnr=threshold,
+    kept = fxforge.compile(model, "cpu-int8", calibration=calibration, min_sqnr=threshold,
                             example_inputs=(calibration[0],))
     analysis = kept.report.latest.quantization
     assert any(worst.module in line for line in analysis.kept_by_min_sqnr)
@@ -102,7 +102,7 @@ def test_min_sqnr_keeps_worst_layers_float_and_lists_them(digits):
 
 def test_keep_float_by_module_path(digits):
     model, calibration, _ = digits
-    fast = compiler.compile(model, "cpu-int8", calibration=calibration, keep_float=["head"],
+    fast = fxforge.compile(model, "cpu-int8", calibration=calibration, keep_float=["head"],
                             example_inputs=(calibration[0],))
     assert "qlinear" not in _ops(fast.graph)
     assert any(n.op in ("linear", "fused_linear") for n in fast.graph.nodes)
@@ -111,7 +111,7 @@ def test_keep_float_by_module_path(digits):
 def test_compile_does_not_modify_the_model(digits):
     model, calibration, _ = digits
     before = copy.deepcopy(model.state_dict())
-    compiler.compile(model, "cpu-int8", calibration=calibration, calibration_method="entropy",
+    fxforge.compile(model, "cpu-int8", calibration=calibration, calibration_method="entropy",
                      example_inputs=(calibration[0],))
     after = model.state_dict()
     assert before.keys() == after.keys()
@@ -139,7 +139,7 @@ def test_dynamic_int8_encoder_cosine(name):
     model, args = zoo.build(name, batch=2)
     with torch.no_grad():
         want = model(*args)
-    fast = compiler.compile(model, "cpu-int8")
+    fast = fxforge.compile(model, "cpu-int8")
     got = fast(*args)
     want, got = _first_tensor(want), _first_tensor(got)
     assert "qlinear" in _ops(fast.graph)
@@ -158,7 +158,7 @@ def _small_cnn():
 
 def test_empty_calibration_is_a_clear_error():
     with pytest.raises(CalibrationError, match="empty"):
-        compiler.compile(_small_cnn(), "cpu-int8", calibration=[],
+        fxforge.compile(_small_cnn(), "cpu-int8", calibration=[],
                          example_inputs=(torch.randn(2, 3, 8, 8),))
 
 
@@ -167,27 +167,27 @@ def test_nonfinite_calibration_is_a_clear_error(bad):
     data = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)]
     data[1][0, 1, 2, 3] = bad
     with pytest.raises(CalibrationError, match="sample 1"):
-        compiler.compile(_small_cnn(), "cpu-int8", calibration=data,
+        fxforge.compile(_small_cnn(), "cpu-int8", calibration=data,
                          example_inputs=(torch.randn(2, 3, 8, 8),))
 
 
 def test_wrong_shape_calibration_is_a_clear_error():
     data = [torch.randn(2, 3, 8, 8), torch.randn(2, 5, 8, 8)]
     with pytest.raises(CalibrationError, match="sample 1"):
-        compiler.compile(_small_cnn(), "cpu-int8", calibration=data,
+        fxforge.compile(_small_cnn(), "cpu-int8", calibration=data,
                          example_inputs=(torch.randn(2, 3, 8, 8),))
 
 
 def test_wrong_arity_calibration_is_a_clear_error():
     data = [(torch.randn(2, 3, 8, 8), torch.zeros(2))]  # (inputs, labels) from a loader
     with pytest.raises(CalibrationError, match="sample 0"):
-        compiler.compile(_small_cnn(), "cpu-int8", calibration=data,
+        fxforge.compile(_small_cnn(), "cpu-int8", calibration=data,
                          example_inputs=(torch.randn(2, 3, 8, 8),))
 
 
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="calibration_method"):
-        compiler.compile(_small_cnn(), "cpu-int8", calibration=[torch.randn(1, 3, 8, 8)],
+        fxforge.compile(_small_cnn(), "cpu-int8", calibration=[torch.randn(1, 3, 8, 8)],
                          calibration_method="kl")
 
 
@@ -208,7 +208,7 @@ def test_all_zero_activation_and_single_sample_are_safe():
     model = Dead().eval()
     x = torch.randn(2, 3, 8, 8)
     for method in METHODS:
-        fast = compiler.compile(model, "cpu-int8", calibration=[x], calibration_method=method,
+        fast = fxforge.compile(model, "cpu-int8", calibration=[x], calibration_method=method,
                                 example_inputs=(x,))
         assert _ops(fast.graph).count("qconv2d") == 2
         for node in fast.graph.nodes:
@@ -223,7 +223,7 @@ def test_all_zero_activation_and_single_sample_are_safe():
 def test_a_dataloader_works_as_calibration():
     data = torch.utils.data.TensorDataset(torch.randn(20, 3, 8, 8))
     loader = torch.utils.data.DataLoader(data, batch_size=8)  # last batch is smaller
-    fast = compiler.compile(_small_cnn(), "cpu-int8", calibration=loader,
+    fast = fxforge.compile(_small_cnn(), "cpu-int8", calibration=loader,
                             example_inputs=(torch.randn(8, 3, 8, 8),))
     assert fast.report.latest.quantization.samples >= 1
     x = torch.randn(8, 3, 8, 8)
@@ -237,7 +237,7 @@ def test_a_dataloader_works_as_calibration():
 
 def test_quantized_graph_runs_the_same_on_reference_and_torch(digits):
     model, calibration, _ = digits
-    fast = compiler.compile(model, "cpu-int8", calibration=calibration,
+    fast = fxforge.compile(model, "cpu-int8", calibration=calibration,
                             example_inputs=(calibration[0],))
     x = calibration[1]
     (a,) = TorchProgram(fast.graph, torch.device("cpu"))([x])
@@ -248,8 +248,8 @@ def test_quantized_graph_runs_the_same_on_reference_and_torch(digits):
 def test_compile_reuses_the_calibration_capture_of_the_same_signature(digits, monkeypatch):
     """Exporting is the slow part of capture: a compile whose inputs look like a calibration
     sample (shape, dtype, device) exports the model once, not twice; a new signature exports."""
-    import compiler.api
     import compiler.quantization
+    import fxforge.api
 
     model, calibration, float_acc = digits
     calls = []
@@ -260,8 +260,8 @@ def test_compile_reuses_the_calibration_capture_of_the_same_signature(digits, mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(compiler.quantization, "capture", counting)
-    monkeypatch.setattr(compiler.api, "capture", counting)
-    fast = compiler.compile(model, "cpu-int8", calibration=calibration)
+    monkeypatch.setattr(fxforge.api, "capture", counting)
+    fast = fxforge.compile(model, "cpu-int8", calibration=calibration)
     fast(calibration[0])
     assert len(calls) == 1, calls
     assert zoo.digits_accuracy(fast) >= 0.99 * float_acc  # the reused capture is the model

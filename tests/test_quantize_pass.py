@@ -29,16 +29,16 @@ from hypothesis import HealthCheck, given, seed, settings
 from passes_util import dedent_ir
 from random_graphs import random_graphs, random_inputs
 
-import passes
-from compiler import parse_ir
-from compiler.execute import TorchProgram, run_reference
-from compiler.ir import Graph, digest_of
-from compiler.pipeline import PassManager
-from compiler.printer import print_graph
-from compiler.quant_math import qparams_from_range, quantize_int8_per_channel
-from compiler.targets import TARGET_INFO
-from compiler.verify import verify
-from passes.quantize import quantize_graph
+from fxforge import parse_ir
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.ir import Graph, digest_of
+from fxforge.passes import registry as passes
+from fxforge.passes.quantize import quantize_graph
+from fxforge.pipeline import PassManager
+from fxforge.printer import print_graph
+from fxforge.quant_math import qparams_from_range, quantize_int8_per_channel
+from fxforge.targets import TARGET_INFO
+from fxforge.verify import verify
 
 CPU = torch.device("cpu")
 CONV3 = "stride=[1, 1], padding=[1, 1], dilation=[1, 1]"

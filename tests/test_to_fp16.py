@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from passes_util import canonical, dedent_ir, run_pass
 from torch import nn
 
-import passes
-from compiler import compile, dtypes, parse_ir, verify
-from compiler.capture import capture
-from compiler.execute import TorchProgram, run_reference
-from compiler.ir import Graph
+from fxforge import compile, dtypes, parse_ir, verify
+from fxforge.capture import capture
+from fxforge.execute import TorchProgram, run_reference
+from fxforge.ir import Graph
+from fxforge.passes import registry as passes
 
 FP16 = {"rtol": 1e-2, "atol": 1e-2}
 CLEANUP = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "canonicalize")

@@ -35,13 +35,13 @@ import pytest
 import torch
 from graph_builder import GraphBuilder
 
-from compiler import ops
-from compiler.execute import TorchProgram
-from compiler.ir import Graph, TensorType, Value
-from compiler.quant_math import quantize_int4_groupwise, quantize_int8_per_channel
-from kernels import reference_quant as rq
-from kernels import torch_int8 as ti
-from kernels.torch_backend import TORCH_IMPLS
+from fxforge import ops
+from fxforge.execute import TorchProgram
+from fxforge.ir import Graph, TensorType, Value
+from fxforge.kernels import reference_quant as rq
+from fxforge.kernels import torch_int8 as ti
+from fxforge.kernels.torch_backend import TORCH_IMPLS
+from fxforge.quant_math import quantize_int4_groupwise, quantize_int8_per_channel
 
 CPU = torch.device("cpu")
 HAS_ONEDNN = ti.onednn_available(CPU)

@@ -18,8 +18,8 @@ import warnings
 
 import pytest
 
-from kernels.triton import autotune
-from kernels.triton.autotune import AutotuneError, Tuner
+from fxforge.kernels.triton import autotune
+from fxforge.kernels.triton.autotune import AutotuneError, Tuner
 
 KERNEL = "f" * 64  # a kernel identity: the sha256 of its source, in real use
 KEY = (256, 512, "f16")

@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compiler import compile, zoo
-from compiler.execute import run_reference
-from kernels.triton import jit
+from fxforge import compile, zoo
+from fxforge.execute import run_reference
+from fxforge.kernels.triton import jit
 
 pytestmark = pytest.mark.skipif(not (jit.interpreting() or torch.cuda.is_available()),
                                 reason="needs CUDA or TRITON_INTERPRET=1")
@@ -177,7 +177,7 @@ def test_generated_kernels_hold_no_model_names():
 
 
 def test_a_name_torch_export_cannot_print_is_a_capture_error_not_a_crash():
-    from compiler import CaptureError
+    from fxforge import CaptureError
 
     class Newline(nn.Module):
         def __init__(self):
@@ -192,7 +192,7 @@ def test_a_name_torch_export_cannot_print_is_a_capture_error_not_a_crash():
 
 
 def test_autotune_caches_configs_on_disk(tmp_path, monkeypatch):
-    from kernels.triton import autotune
+    from fxforge.kernels.triton import autotune
 
     monkeypatch.setenv("FXFORGE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(autotune, "_DEFAULT", [])

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import dtypes, ops
-from compiler.ir import TensorType
-from kernels.triton import codegen, elementwise, jit, quant, reduce
+from fxforge import dtypes, ops
+from fxforge.ir import TensorType
+from fxforge.kernels.triton import codegen, elementwise, jit, quant, reduce
 
 SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-7, -1e-3, 0.1, 0.5, -0.5, 1.0, -2.5,
            3.0, -3.0, 10.0, -10.0, 20.0, -20.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4, 3e38,

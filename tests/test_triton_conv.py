@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import ops
-from compiler.ir import TensorType
-from kernels import reference as ref
-from kernels import reference_quant as rq
-from kernels.triton import conv, depthwise
-from kernels.triton.codegen import Epilogue
+from fxforge import ops
+from fxforge.ir import TensorType
+from fxforge.kernels import reference as ref
+from fxforge.kernels import reference_quant as rq
+from fxforge.kernels.triton import conv, depthwise
+from fxforge.kernels.triton.codegen import Epilogue
 
 F16_TOL = dict(rtol=2e-3, atol=2e-3)
 F32_TOL = dict(rtol=1e-4, atol=1e-5)
@@ -50,7 +50,7 @@ def _t(a: np.ndarray, channels_last: bool = False) -> torch.Tensor:
 
 
 def _types(arrays) -> list[TensorType]:
-    from compiler import dtypes
+    from fxforge import dtypes
     return [TensorType(a.shape, dtypes.from_numpy(a.dtype)) for a in arrays]
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import dtypes, ops
-from compiler.ir import TensorType
-from kernels import reference as ref
-from kernels import reference_quant as rq
-from kernels.triton import elementwise, quant, reduce
+from fxforge import dtypes, ops
+from fxforge.ir import TensorType
+from fxforge.kernels import reference as ref
+from fxforge.kernels import reference_quant as rq
+from fxforge.kernels.triton import elementwise, quant, reduce
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import ops
-from compiler.ir import TensorType
-from kernels import reference as ref
-from kernels import reference_quant as rq
-from kernels.triton import gemm, int4_gemm
-from kernels.triton.codegen import Epilogue
+from fxforge import ops
+from fxforge.ir import TensorType
+from fxforge.kernels import reference as ref
+from fxforge.kernels import reference_quant as rq
+from fxforge.kernels.triton import gemm, int4_gemm
+from fxforge.kernels.triton.codegen import Epilogue
 
 SHAPES = [(1, 5, 7), (3, 33, 65), (16, 17, 32), (17, 40, 48), (64, 96, 80)]  # (M, N, K)
 PATHS = [None, True, False]  # small_m: automatic (M <= 16 splits K), forced split-K, forced big
@@ -41,7 +41,7 @@ def _t(a: np.ndarray) -> torch.Tensor:
 
 
 def _types(arrays) -> list[TensorType]:
-    from compiler import dtypes
+    from fxforge import dtypes
     return [TensorType(a.shape, dtypes.from_numpy(a.dtype)) for a in arrays]
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import triton_gpu
+from fxforge.bench import triton_gpu
 
 
 def test_smoke_run_checks_kernels_and_writes_results(tmp_path):

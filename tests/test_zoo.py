@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from compiler import compile, zoo
+from fxforge import compile, zoo
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from compiler.errors import FxforgeError
-from kernels.triton.jit import interpreting
+from fxforge.errors import FxforgeError
+from fxforge.kernels.triton.jit import interpreting
 
 SCHEMA = 1
 MAX_FILE_BYTES = 1 << 20  # an entry file is a few KiB; anything far larger is not ours

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler import dtypes, ops
-from compiler.ir import TensorType
+from fxforge import dtypes, ops
+from fxforge.ir import TensorType
 
 TL = {"f32": "tl.float32", "f16": "tl.float16", "bf16": "tl.bfloat16", "f64": "tl.float64",
       "i8": "tl.int8", "u8": "tl.uint8", "i16": "tl.int16", "i32": "tl.int32", "i64": "tl.int64",

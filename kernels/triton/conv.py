@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.triton import jit
-from kernels.triton.codegen import Epilogue
-from kernels.triton.conv_common import (
+from fxforge.kernels.triton import jit
+from fxforge.kernels.triton.codegen import Epilogue
+from fxforge.kernels.triton.conv_common import (
     FLOAT_DTYPES,
     PIXELS,
     Finish,
@@ -51,7 +51,7 @@ from kernels.triton.conv_common import (
     out_dtype_name,
     out_size,
 )
-from kernels.triton.host import cdiv
+from fxforge.kernels.triton.host import cdiv
 
 
 def _config(m: int, n: int, k: int, warps: int, stages: int) -> dict:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from compiler import dtypes
-from compiler.ir import TensorType
-from kernels.triton import host
-from kernels.triton.codegen import TL, Epilogue, operand_name
+from fxforge import dtypes
+from fxforge.ir import TensorType
+from fxforge.kernels.triton import host
+from fxforge.kernels.triton.codegen import TL, Epilogue, operand_name
 
 Pair = tuple[int, int]
 FLOAT_DTYPES = {torch.float32: "f32", torch.float16: "f16"}

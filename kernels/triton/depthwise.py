@@ -25,8 +25,8 @@ from collections.abc import Mapping
 
 import torch
 
-from kernels.triton import conv_common, host, jit
-from kernels.triton.codegen import Epilogue
+from fxforge.kernels.triton import conv_common, host, jit
+from fxforge.kernels.triton.codegen import Epilogue
 
 # Candidates for the autotuner (kernels/triton/autotune.py), sensible on H100: the kernel is
 # memory-bound, so wide channel runs and enough warps to cover load latency.

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from compiler import dtypes
-from compiler.ir import TensorType
-from kernels.triton import codegen, jit
+from fxforge import dtypes
+from fxforge.ir import TensorType
+from fxforge.kernels.triton import codegen, jit
 
 MAX_RANK = 6
 DEFAULT_CONFIG = {"BLOCK": 1024, "num_warps": 4}

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compiler import dtypes
-from compiler.ir import TensorType
-from kernels.triton import host, jit
-from kernels.triton.codegen import TL, Epilogue, operand_name
+from fxforge import dtypes
+from fxforge.ir import TensorType
+from fxforge.kernels.triton import host, jit
+from fxforge.kernels.triton.codegen import TL, Epilogue, operand_name
 
 # H100 candidates for the autotuner: wide tiles for the tensor cores, 3-4 pipeline stages.
 CONFIGS = [

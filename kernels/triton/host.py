@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from compiler import dtypes
+from fxforge import dtypes
 
 
 def rows_view(t: torch.Tensor, out_shape: Sequence[int], channels_last: bool

@@ -28,11 +28,11 @@ from collections.abc import Mapping
 
 import torch
 
-from compiler import dtypes
-from kernels.triton import jit
-from kernels.triton.codegen import TL
-from kernels.triton.gemm import GROUPED_PIDS, TILE_OFFSETS
-from kernels.triton.host import (
+from fxforge import dtypes
+from fxforge.kernels.triton import jit
+from fxforge.kernels.triton.codegen import TL
+from fxforge.kernels.triton.gemm import GROUPED_PIDS, TILE_OFFSETS
+from fxforge.kernels.triton.host import (
     cdiv,
     check_config,
     check_matrix,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from compiler.errors import DeviceUnavailableError
+from fxforge.errors import DeviceUnavailableError
 
 _LOCK = threading.Lock()
 _CACHE: dict[tuple[str, str, bool], Any] = {}

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from compiler import dtypes, ops
-from compiler.ir import Node, TensorType, Value
-from kernels.triton.codegen import Epilogue
+from fxforge import dtypes, ops
+from fxforge.ir import Node, TensorType, Value
+from fxforge.kernels.triton.codegen import Epilogue
 
 Tensor = torch.Tensor
 
@@ -132,7 +132,7 @@ def _weighted(node: Node, ctx: Context) -> tuple[int, Epilogue, Tensor] | str:
 
 
 def _float_linear(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import gemm
+    from fxforge.kernels.triton import gemm
 
     parts = _weighted(node, ctx)
     if isinstance(parts, str):
@@ -153,7 +153,7 @@ def _float_linear(node: Node, ctx: Context) -> Lowered | str:
 
 
 def _qlinear(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import gemm
+    from fxforge.kernels.triton import gemm
 
     parts = _weighted(node, ctx)
     if isinstance(parts, str):
@@ -194,7 +194,7 @@ class _Conv:
 
 
 def _conv(node: Node, w: Tensor) -> _Conv | str:
-    from kernels.triton import conv, depthwise
+    from fxforge.kernels.triton import conv, depthwise
 
     a = node.attrs
     cout, cin_g, kh, kw = w.shape
@@ -261,7 +261,7 @@ def _qconv(node: Node, ctx: Context) -> Lowered | str:
 
 
 def _int4(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import int4_gemm
+    from fxforge.kernels.triton import int4_gemm
 
     a = node.attrs
     packed, scales = ctx.const(node.inputs[1]), ctx.const(node.inputs[2])
@@ -280,7 +280,7 @@ def _int4(node: Node, ctx: Context) -> Lowered | str:
 
 
 def _gemm_configs(x: TensorType) -> Sequence[dict]:
-    from kernels.triton import gemm
+    from fxforge.kernels.triton import gemm
 
     rows = math.prod(x.shape[:-1])
     return gemm.SMALL_M_CONFIGS if rows <= gemm.SMALL_M else gemm.CONFIGS
@@ -295,7 +295,7 @@ def _steps(epilogue: Epilogue) -> str:
 
 
 def _chain(node: Node, steps: tuple, name: str) -> Lowered | str:
-    from kernels.triton import elementwise
+    from fxforge.kernels.triton import elementwise
 
     in_types = [v.type for v in node.inputs]
     stages = ops.stage_types("fused_elementwise", in_types, {"steps": steps})
@@ -329,7 +329,7 @@ def _single_elementwise(node: Node, ctx: Context) -> Lowered | str:
 
 
 def _softmax(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import reduce
+    from fxforge.kernels.triton import reduce
 
     dim = node.attrs["dim"]
     fn = reduce.softmax if node.op == "softmax" else reduce.log_softmax
@@ -337,14 +337,14 @@ def _softmax(node: Node, ctx: Context) -> Lowered | str:
 
 
 def _layer_norm(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import reduce
+    from fxforge.kernels.triton import reduce
 
     eps = node.attrs["eps"]
     return Lowered("row layer_norm", lambda x, w, b: reduce.layer_norm(x, w, b, eps))
 
 
 def _reduce(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import reduce
+    from fxforge.kernels.triton import reduce
 
     dims, keepdim = tuple(node.attrs["dims"]), node.attrs["keepdim"]
     if not dims:
@@ -357,7 +357,7 @@ def _per_tensor(op: str):
     of a channels-last tensor so that the result stays channels-last."""
 
     def rule(node: Node, ctx: Context) -> Lowered | str:
-        from kernels.triton import quant
+        from fxforge.kernels.triton import quant
 
         fn, a = getattr(quant, op), node.attrs
 
@@ -372,7 +372,7 @@ def _per_tensor(op: str):
 
 
 def _dynamic_quantize(node: Node, ctx: Context) -> Lowered | str:
-    from kernels.triton import quant
+    from fxforge.kernels.triton import quant
 
     mode = node.attrs["mode"]
 

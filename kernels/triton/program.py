@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from compiler.execute import TorchProgram
-from compiler.ir import Graph, Node
-from kernels.triton import jit
-from kernels.triton.lower import Context, Lowered, lower
+from fxforge.execute import TorchProgram
+from fxforge.ir import Graph, Node
+from fxforge.kernels.triton import jit
+from fxforge.kernels.triton.lower import Context, Lowered, lower
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TritonProgram(TorchProgram):
 
 def _tuned(result: Lowered, node: Node) -> Callable[..., Any]:
     """`result.fn`, which on its first call picks the fastest config for these shapes."""
-    from kernels.triton import autotune
+    from fxforge.kernels.triton import autotune
 
     configs = list(result.configs)
     if not configs:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.triton import jit
-from kernels.triton.elementwise import cdiv, next_pow2
+from fxforge.kernels.triton import jit
+from fxforge.kernels.triton.elementwise import cdiv, next_pow2
 
 BLOCK = 1024
 MAX_PARTIALS = 1024

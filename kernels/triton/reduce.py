@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from compiler import dtypes
-from compiler.ir import TensorType
-from compiler.shapes import norm_dims
-from kernels.triton import jit
-from kernels.triton.codegen import TL
-from kernels.triton.elementwise import cdiv, next_pow2
+from fxforge import dtypes
+from fxforge.ir import TensorType
+from fxforge.kernels.triton import jit
+from fxforge.kernels.triton.codegen import TL
+from fxforge.kernels.triton.elementwise import cdiv, next_pow2
+from fxforge.shapes import norm_dims
 
 MAX_BLOCK_N = 4096  # a row tile's width; longer rows loop
 TILE = 4096  # elements per program tile (BLOCK_M * BLOCK_N)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compiler.ir import Graph
-from passes.canonicalize import canonicalize
-from passes.cse import cse
-from passes.dce import dce
-from passes.fold_batchnorm import fold_batchnorm
-from passes.fold_constants import fold_constants
-from passes.fuse import fuse
-from passes.layout_nhwc import layout_nhwc
-from passes.quantize import quantize
-from passes.quantize_int4 import quantize_int4
-from passes.remove_pruned_channels import remove_pruned_channels
-from passes.to_fp16 import to_fp16
+from fxforge.ir import Graph
+from fxforge.passes.canonicalize import canonicalize
+from fxforge.passes.cse import cse
+from fxforge.passes.dce import dce
+from fxforge.passes.fold_batchnorm import fold_batchnorm
+from fxforge.passes.fold_constants import fold_constants
+from fxforge.passes.fuse import fuse
+from fxforge.passes.layout_nhwc import layout_nhwc
+from fxforge.passes.quantize import quantize
+from fxforge.passes.quantize_int4 import quantize_int4
+from fxforge.passes.remove_pruned_channels import remove_pruned_channels
+from fxforge.passes.to_fp16 import to_fp16
 
 PassFn = Callable[..., tuple[Graph, dict]]  # (graph, **options) -> (graph, stats)
 
