@@ -1,17 +1,24 @@
 # Every target bootstraps .venv itself: `make demo` and `make test` work on a fresh machine.
+# Installs come from requirements.lock (every package pinned), so a new release upstream cannot
+# break a fresh clone; `make lock` re-resolves pyproject's ranges and rewrites it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+LOCK := requirements.lock
 STAMP := $(VENV)/.fxforge-installed
-TORCH := torch==2.13.0
+EXTRAS := dev,bench
 
-.PHONY: demo test test-long lint bench clean
+.PHONY: demo test test-long lint bench lock clean
 
-$(STAMP): pyproject.toml Makefile
+# pip and setuptools from the lock first; then fxforge editable, built with that setuptools (no
+# build isolation: an isolated build would fetch whatever setuptools the index serves today).
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev,bench]" $(TORCH)
+	$(PIP) install --quiet -c $(LOCK) pip setuptools
+	$(PIP) install --quiet -c $(LOCK) torch
+	$(PIP) install --quiet -c $(LOCK) --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PIP) check
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,5 +36,19 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# A fresh venv, pyproject's ranges resolved against today's index, every version written down.
+# torch's local label (+cpu) is dropped: `torch==2.13.0` matches the CPU build this workplace
+# serves and the plain build elsewhere. Review the diff, run `make test`, commit both.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip setuptools
+	.lock-venv/bin/python -m pip install --quiet "torch==$$(sed -n 's/^torch==//p' $(LOCK))"
+	.lock-venv/bin/python -m pip install --quiet ".[$(EXTRAS)]"
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --all --exclude fxforge \
+	  | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv build
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .lock-venv .pytest_cache .hypothesis build *.egg-info

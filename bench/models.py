@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from fxforge import zoo
+from fxforge.optional import require
 
 
 @dataclass(frozen=True)
@@ -66,32 +67,30 @@ def _images(batch: int, size: int) -> tuple:
 
 def _hf_resnet(depths: list[int], layer_type: str, size: int) -> Callable[[int], tuple]:
     def build(batch: int):
-        from transformers import ResNetConfig, ResNetModel
-
+        hf = require("transformers", "the bench model zoo")
         hidden = [64, 128, 256, 512] if layer_type == "basic" else [256, 512, 1024, 2048]
-        config = ResNetConfig(depths=depths, layer_type=layer_type, hidden_sizes=hidden)
-        return Outputs(ResNetModel(config), ("pooler_output",)), _images(batch, size)
+        config = hf.ResNetConfig(depths=depths, layer_type=layer_type, hidden_sizes=hidden)
+        return Outputs(hf.ResNetModel(config), ("pooler_output",)), _images(batch, size)
 
     return build
 
 
 def _hf_mobilenetv2(size: int) -> Callable[[int], tuple]:
     def build(batch: int):
-        from transformers import MobileNetV2Config, MobileNetV2Model
-
-        config = MobileNetV2Config(image_size=size)
-        return Outputs(MobileNetV2Model(config), ("pooler_output",)), _images(batch, size)
+        hf = require("transformers", "the bench model zoo")
+        config = hf.MobileNetV2Config(image_size=size)
+        return Outputs(hf.MobileNetV2Model(config), ("pooler_output",)), _images(batch, size)
 
     return build
 
 
 def _hf_vit(hidden: int, layers: int, heads: int, size: int, patch: int) -> Callable:
     def build(batch: int):
-        from transformers import ViTConfig, ViTModel
-
-        config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           intermediate_size=4 * hidden, image_size=size, patch_size=patch)
-        model = ViTModel(config, add_pooling_layer=False)
+        hf = require("transformers", "the bench model zoo")
+        config = hf.ViTConfig(hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=4 * hidden,
+                              image_size=size, patch_size=patch)
+        model = hf.ViTModel(config, add_pooling_layer=False)
         return Outputs(model, ("last_hidden_state",)), _images(batch, size)
 
     return build
@@ -99,13 +98,12 @@ def _hf_vit(hidden: int, layers: int, heads: int, size: int, patch: int) -> Call
 
 def _hf_bert(hidden: int, layers: int, heads: int, seq: int, vocab: int = 30522) -> Callable:
     def build(batch: int):
-        from transformers import BertConfig, BertModel
-
-        config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * hidden,
-                            max_position_embeddings=max(512, seq))
+        hf = require("transformers", "the bench model zoo")
+        config = hf.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                               num_attention_heads=heads, intermediate_size=4 * hidden,
+                               max_position_embeddings=max(512, seq))
         ids = torch.randint(0, vocab, (batch, seq))
-        return Outputs(BertModel(config), ("last_hidden_state", "pooler_output")), (ids,)
+        return Outputs(hf.BertModel(config), ("last_hidden_state", "pooler_output")), (ids,)
 
     return build
 

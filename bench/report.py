@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fxforge.optional import require
+
 SCHEMA_NAME = "fxforge-bench"
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
@@ -288,12 +290,9 @@ def summary(doc: dict) -> str:
 
 
 def _pyplot():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the bench plots (or run with --no-plots)")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require("matplotlib.pyplot", "the bench plots (or run with --no-plots)")
 
 
 def _colors(systems: list[str]) -> dict[str, Any]:

@@ -34,3 +34,7 @@ class CalibrationError(FxforgeError, ValueError):
 class DeviceUnavailableError(FxforgeError, RuntimeError):
     """A target whose kernels need a device (CUDA) or library (Triton) this machine lacks; the
     message says which target to use instead."""
+
+
+class MissingDependencyError(FxforgeError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra."""

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxforge.optional import require
+
 
 def randomize_norms(model: nn.Module) -> nn.Module:
     """Give every BatchNorm2d non-trivial statistics (so folding it is a real test); eval mode."""
@@ -294,8 +296,8 @@ class DigitsData:
 
 @functools.lru_cache(maxsize=1)
 def digits_data() -> DigitsData:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    load_digits = require("sklearn.datasets", "the digits model").load_digits
+    train_test_split = require("sklearn.model_selection", "the digits model").train_test_split
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -381,11 +383,11 @@ def _image(batch: int, size: int = 32) -> tuple:
 
 
 def _bert(batch: int) -> tuple[nn.Module, tuple]:
-    from transformers import BertConfig, BertModel
+    hf = require("transformers", "the bert model")
 
-    config = BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=64)
-    model = BertModel(config)
+    config = hf.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
+    model = hf.BertModel(config)
     ids = torch.randint(0, 128, (batch, 16))
     return model, (ids,)
 
