@@ -23,7 +23,9 @@ from fxforge.capture import Captured, capture
 from fxforge.errors import InputError
 from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph
+from fxforge.kernels import int8_scheme
 from fxforge.pipeline import DebugOptions, PassManager, parse_pipeline
+from fxforge.quant_math import WEIGHT_BITS
 from fxforge.quantization import Quantization, QuantOptions
 from fxforge.report import CompileRecord, Report, count_flops, count_params
 from fxforge.targets import Target, get_target
@@ -87,6 +89,10 @@ class CompiledModel:
         self._target = target
         self._manager = PassManager(pipeline, debug)
         self.report = Report(target.name, pipeline)
+        if quant is not None:
+            self.report.int8 = f"{quant.weight_bits}-bit weights"
+            if target.backend == "torch":
+                self.report.int8 += f"; this CPU's scheme: {int8_scheme.detect().describe()}"
         self._entries: dict[tuple, _Entry] = {}
         self._latest: _Entry | None = None
         self._fixed = False  # True when compiled for example_inputs only
@@ -282,11 +288,20 @@ def output_names(captured: Captured) -> list[str]:
             if kind == "value"]
 
 
+def _weight_bits(target: Target, asked: int | None) -> int:
+    if asked is None:
+        return int8_scheme.detect().weight_bits if target.backend == "torch" else 8
+    if asked not in WEIGHT_BITS:
+        raise ValueError(f"weight_bits must be one of {WEIGHT_BITS}, got {asked!r}")
+    return asked
+
+
 def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any = None,  # noqa: A001
             calibration: Any = None, calibration_method: str = "minmax",
             percentile: float = 99.99, min_sqnr: float | None = None,
-            keep_float: Sequence[str] = (), passes: str | list[str] | None = None,
-            debug: Any = None, **options: Any) -> CompiledModel:
+            keep_float: Sequence[str] = (), weight_bits: int | None = None,
+            passes: str | list[str] | None = None, debug: Any = None,
+            **options: Any) -> CompiledModel:
     """Compile `model` for `target` (see `compiler.TARGETS`).
 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
@@ -302,6 +317,9 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         `percentile`), entropy (KL divergence) or mse. min_sqnr: layers whose own output SQNR on
         the calibration data is below this (dB) stay float. keep_float: module paths (or value
         names) to keep float. The report (`compiled.report`) has the per-layer SQNR table.
+    weight_bits: 8 or 7 (weights in [-63, 63], declared `w_bits=7` in the IR). Default: 8, except
+        on `cpu-int8`, which takes what this CPU's int8 kernels sum exactly (7 where oneDNN adds
+        pairs of products in 16 bits, as on CPUs without VNNI); the report names the scheme.
 
     cuda targets (`cuda`, `cuda-fp16`, `cuda-int8`, `cuda-int4`) run generated Triton kernels on
     a CUDA device (or on the CPU under TRITON_INTERPRET=1); the report lists which nodes became
@@ -316,13 +334,16 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         raise TypeError(f"compile() got unknown option(s) {sorted(options)} for target {target!r}"
                         + ("" if info.backend != "triton" else "; Triton targets take autotune="))
     int8 = info.precision == "int8"
-    if not int8 and (calibration is not None or min_sqnr is not None or keep_float):
-        warnings.warn(f"calibration, min_sqnr and keep_float are only used by int8 targets; "
-                      f"target {target!r} ignores them", stacklevel=2)
+    if not int8 and (calibration is not None or min_sqnr is not None or keep_float
+                     or weight_bits is not None):
+        warnings.warn(f"calibration, min_sqnr, keep_float and weight_bits are only used by int8 "
+                      f"targets; target {target!r} ignores them", stacklevel=2)
     if isinstance(keep_float, str):
         keep_float = (keep_float,)
-    quant = QuantOptions(calibration, calibration_method, percentile, min_sqnr,
-                         tuple(keep_float)) if int8 else None
+    quant = None
+    if int8:
+        quant = QuantOptions(calibration, calibration_method, percentile, min_sqnr,
+                             tuple(keep_float), weight_bits=_weight_bits(info, weight_bits))
     pipeline = info.pipeline if passes is None else parse_pipeline(passes)
     compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
     if example_inputs is not None:

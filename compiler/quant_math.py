@@ -31,16 +31,23 @@ def _symmetric_scale(amax: np.ndarray, qmax: int) -> np.ndarray:
     return np.where(s > 0, s, np.float32(1)).astype(np.float32)
 
 
-def quantize_int8_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel (axis 0) int8: s[c] = max|w[c]| / 127 (zero channel: 1),
-    q = clip(rint(w / s[c]), -127, 127). Returns (q int8 of w's shape, s float32 [Cout])."""
+WEIGHT_BITS = (7, 8)  # 7: what oneDNN's 16-bit pair sums (CPUs without VNNI) take exactly
+
+
+def quantize_int8_per_channel(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel (axis 0) int8 with `bits` bits: qmax = 2**(bits-1) - 1 (127
+    or 63), s[c] = max|w[c]| / qmax (zero channel: 1), q = clip(rint(w / s[c]), -qmax, qmax).
+    Returns (q int8 of w's shape, s float32 [Cout])."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits must be one of {WEIGHT_BITS}, got {bits!r}")
     w = _check_finite(w, "weight")
     if w.ndim < 1:
         raise ValueError("a per-channel weight needs rank >= 1")
+    qmax = 2 ** (bits - 1) - 1
     amax = np.abs(w).reshape(w.shape[0], -1).max(axis=1, initial=0.0)
-    s = _symmetric_scale(amax, 127)
+    s = _symmetric_scale(amax, qmax)
     s_b = s.astype(np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
-    q = np.clip(np.rint(w / s_b), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / s_b), -qmax, qmax).astype(np.int8)
     return q, s
 
 

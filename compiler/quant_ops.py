@@ -148,6 +148,8 @@ def _q_attrs(op: str, ins: Types, attrs: Attrs) -> QuantParams | None:
                           f"needs at least {n} inputs, got {len(ins)}")
     _input(op, "x", ins[0], "i8")
     _input(op, "weight", ins[1], "i8")
+    if attrs["w_bits"] not in (7, 8):
+        raise OpTypeError(f"{op}: attribute w_bits must be 7 or 8, got {attrs['w_bits']!r}")
     x_zp = _zero_point(op, "x_zero_point", attrs["x_zero_point"])
     if attrs["dynamic"]:
         if attrs["x_scale"] is not None:
@@ -299,6 +301,7 @@ def declarations() -> list[OpDef]:
         "out_scale": AttrSpec("float", None, optional=True),
         "out_zero_point": AttrSpec("int", 0),
         "epilogue": AttrSpec("any", ()),
+        "w_bits": AttrSpec("int", 8),
     }
     conv_attrs = {
         "stride": AttrSpec("ints", (1, 1)),

@@ -45,6 +45,7 @@ class QuantOptions:
     min_sqnr: float | None = None  # dB; layers whose local SQNR is lower stay float
     keep_float: tuple[str, ...] = ()  # module paths or value names to keep in float
     eval_samples: int = 8
+    weight_bits: int = 8  # 7 where the CPU's int8 kernels need it (kernels/int8_scheme.py)
 
 
 @dataclass
@@ -184,7 +185,8 @@ class Quantization:
             self.analysis.min_sqnr = self.options.min_sqnr
 
     def pass_options(self) -> dict[str, Any]:
-        return {"ranges": self.ranges, "keep_float": self.keep_float}
+        return {"ranges": self.ranges, "keep_float": self.keep_float,
+                "weight_bits": self.options.weight_bits}
 
     # --- accuracy ---
 
@@ -193,11 +195,12 @@ class Quantization:
         first sample's shape."""
         first = self._eval[0]
         captured, graph = self._float_graph(first, 0)
-        qgraph, stats = quantize_graph(graph, self.ranges, keep_float)
+        qgraph, stats = quantize_graph(graph, self.ranges, keep_float, self.options.weight_bits)
         layers = stats["layers"]
         float_program = TorchProgram(graph, torch.device("cpu"))
         quant_program = TorchProgram(qgraph, torch.device("cpu"))
-        local = {layer["float_value"]: _LocalLayer(graph, layer["float_value"], self.ranges)
+        local = {layer["float_value"]: _LocalLayer(graph, layer["float_value"], self.ranges,
+                                                   self.options.weight_bits)
                  for layer in layers}
         needed = set(local) | {v.name for lay in local.values() for v in lay.inputs}
         q_producers = qgraph.producers
@@ -262,14 +265,14 @@ def _float_values(graph: Graph) -> list[str]:
 class _LocalLayer:
     """One layer of the float graph alone, quantized: fed the float model's own inputs to it."""
 
-    def __init__(self, graph: Graph, value: str, ranges: dict | None):
+    def __init__(self, graph: Graph, value: str, ranges: dict | None, weight_bits: int):
         node = graph.producers[value]
         consts = [graph.producers[v.name] for v in node.inputs
                   if v.name in graph.producers and graph.producers[v.name].op == "const"]
         const_names = {c.outputs[0].name for c in consts}
         self.inputs = tuple(dict.fromkeys(v for v in node.inputs if v.name not in const_names))
         sub = Graph(self.inputs, (*consts, node), node.outputs)
-        qsub, _ = quantize_graph(sub, ranges)
+        qsub, _ = quantize_graph(sub, ranges, weight_bits=weight_bits)
         self.program = TorchProgram(qsub, torch.device("cpu"))
 
     def __call__(self, seen: dict[str, torch.Tensor]) -> torch.Tensor:

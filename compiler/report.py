@@ -67,6 +67,7 @@ class Report:
     target: str
     pipeline: tuple[str, ...]
     records: list[CompileRecord] = field(default_factory=list)
+    int8: str | None = None  # int8 targets: weight bits and (cpu-int8) the CPU's int8 scheme
 
     @property
     def captures(self) -> int:
@@ -82,14 +83,16 @@ class Report:
         return [f for r in self.records for f in r.fallbacks]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "pipeline": list(self.pipeline),
+        return {"target": self.target, "pipeline": list(self.pipeline), "int8": self.int8,
                 "captures": self.captures, "records": [asdict(r) for r in self.records]}
 
     def __str__(self) -> str:
         lines = [f"fxforge report: target {self.target}, pipeline "
                  f"[{', '.join(self.pipeline) or 'none'}]"]
+        if self.int8:
+            lines.append(f"int8: {self.int8}")
         if not self.records:
-            return lines[0] + "\n(not captured yet: call the model or pass example_inputs)"
+            return "\n".join(lines) + "\n(not captured yet: call the model or pass example_inputs)"
         lines.append(f"captures: {self.captures}")
         for i, r in enumerate(self.records, 1):
             lines.append(f"  {i}. {r.signature}  (export {r.export_seconds:.2f} s, "

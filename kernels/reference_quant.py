@@ -47,13 +47,17 @@ def _centered(x: np.ndarray, x_zero_point: int) -> np.ndarray:
     return x.astype(np.float64) - float(x_zero_point)
 
 
-def _weight(w: np.ndarray) -> np.ndarray:
+def _weight(w: np.ndarray, w_bits: int = 8) -> np.ndarray:
+    """The weight as float64; one declared `w_bits=7` must lie in [-63, 63]."""
     if w.dtype != np.int8:
         raise ValueError(f"quantized weights must be int8, got {w.dtype}")
+    limit = 2 ** (w_bits - 1) - 1
+    if w_bits < 8 and w.size and int(np.max(np.abs(w.astype(np.int16)))) > limit:
+        raise ValueError(f"quantized weights declared w_bits={w_bits} exceed +-{limit}")
     return w.astype(np.float64)
 
 
-def qlinear_acc(x: np.ndarray, w: np.ndarray, x_zero_point: int) -> np.ndarray:
+def qlinear_acc(x: np.ndarray, w: np.ndarray, x_zero_point: int, w_bits: int = 8) -> np.ndarray:
     """acc[..., n] = sum_k (int32(x[..., k]) - x_zero_point) * int32(w[n, k]), as int32.
 
     Exact: every product and partial sum is an integer of magnitude below 2**53 (the bound
@@ -61,18 +65,18 @@ def qlinear_acc(x: np.ndarray, w: np.ndarray, x_zero_point: int) -> np.ndarray:
     k = w.shape[1]
     if acc_bound(x_zero_point, k) >= 2**53:
         raise ValueError(f"qlinear: K = {k} is too large for an exact accumulator")
-    return _to_int32(_centered(x, x_zero_point) @ _weight(w).T, "qlinear")
+    return _to_int32(_centered(x, x_zero_point) @ _weight(w, w_bits).T, "qlinear")
 
 
 def qconv2d_acc(x: np.ndarray, w: np.ndarray, x_zero_point: int, stride, padding, dilation,
-                groups: int) -> np.ndarray:
+                groups: int, w_bits: int = 8) -> np.ndarray:
     """conv2d(int32(x) - x_zero_point, int32(w)) as int32; padding is zero in (x - zp), i.e. x
     padded with its zero point. Exact for the same reason as `qlinear_acc`."""
     k = w.shape[1] * w.shape[2] * w.shape[3]
     if acc_bound(x_zero_point, k) >= 2**53:
         raise ValueError(f"qconv2d: Cin/groups * kh * kw = {k} is too large for an exact "
                          "accumulator")
-    acc = ref.conv2d(_centered(x, x_zero_point), _weight(w), stride=stride, padding=padding,
+    acc = ref.conv2d(_centered(x, x_zero_point), _weight(w, w_bits), stride=stride, padding=padding,
                      dilation=dilation, groups=groups)
     return _to_int32(acc, "qconv2d")
 
@@ -130,9 +134,9 @@ def dynamic_quantize(x, *, mode):
 
 
 def qlinear(*inputs, has_bias, dynamic, x_scale, x_zero_point, out_dtype, out_scale,
-            out_zero_point, epilogue):
+            out_zero_point, epilogue, w_bits=8):
     x, w, w_scale = inputs[:3]
-    acc = qlinear_acc(x, w, x_zero_point)
+    acc = qlinear_acc(x, w, x_zero_point, w_bits)
     w_scale = w_scale.astype(F32)
     if dynamic:
         m = inputs[3 + has_bias].astype(F32)[..., 0:1] * w_scale
@@ -143,9 +147,9 @@ def qlinear(*inputs, has_bias, dynamic, x_scale, x_zero_point, out_dtype, out_sc
 
 
 def qconv2d(*inputs, stride, padding, dilation, groups, has_bias, dynamic, x_scale,
-            x_zero_point, out_dtype, out_scale, out_zero_point, epilogue):
+            x_zero_point, out_dtype, out_scale, out_zero_point, epilogue, w_bits=8):
     x, w, w_scale = inputs[:3]
-    acc = qconv2d_acc(x, w, x_zero_point, stride, padding, dilation, groups)
+    acc = qconv2d_acc(x, w, x_zero_point, stride, padding, dilation, groups, w_bits)
     w_scale = w_scale.astype(F32).reshape(1, -1, 1, 1)
     if dynamic:
         m = inputs[3 + has_bias].astype(F32) * w_scale

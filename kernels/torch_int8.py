@@ -4,14 +4,17 @@ Two ways to run `qlinear` / `qconv2d`, both held to the contract (int32 accumula
 float32 epilogue in the contract's order up to float32 rounding, int8 outputs within 1 LSB):
 
 - Generic (`IMPLS`; any device, any weight): exact int32 accumulators from `torch._int_mm`
-  (convolutions through a channels-last int8 im2col; grouped ones through an exact float
-  convolution of the integer values), then the float32 epilogue step by step in torch.
-- Prepared (`PREPARE`, applied once when a program is built; CPU with oneDNN and constant
-  weights): the weight is reordered once for oneDNN's int8 matmul / convolution (AMX or VNNI
-  brgemm kernels, several times faster than `_int_mm`), and the epilogue's leading steps that
-  oneDNN has as post-ops (relu, gelu, a residual add, the requantization) run inside the kernel,
-  so a layer reads int8 and writes int8 without a float32 round trip through memory. Steps it
-  cannot fuse run in torch on its float32 output, exactly as in the generic path.
+  where it is exact on this machine (always on CUDA; on the CPU as `int8_scheme` found it),
+  else from float32 GEMMs of the integer values, split along K so every partial sum stays
+  below 2**24 (convolutions through a channels-last int8 im2col; grouped ones through an exact
+  float convolution), then the float32 epilogue step by step in torch.
+- Prepared (`PREPARE`, applied once when a program is built; CPU with oneDNN, constant weights,
+  and a layer oneDNN computes exactly here: `int8_scheme.onednn_takes`): the weight is reordered
+  once for oneDNN's int8 matmul / convolution (AMX, VNNI or AVX2 brgemm kernels, several times
+  faster than the generic path), and the epilogue's leading steps that oneDNN has as post-ops
+  (relu, gelu, a residual add, the requantization) run inside the kernel, so a layer reads int8
+  and writes int8 without a float32 round trip through memory. Steps it cannot fuse run in
+  torch on its float32 output, exactly as in the generic path.
 
 oneDNN scales the accumulator as `acc * (x_scale * w_scale[n]) + bias` like the contract, and
 requantizes by multiplying with 1 / out_scale (hence the 1-LSB allowance on int8 outputs). Its
@@ -36,6 +39,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from fxforge.kernels import int8_scheme
 
 Tensor = torch.Tensor
 # FXFORGE_INT8_ONEDNN=0 keeps every layer on the generic `_int_mm` path (to compare or debug).
@@ -150,18 +155,45 @@ def _int_mm_takes(a: Tensor, b: Tensor) -> bool:
     return False
 
 
+def _float32_is_ieee(device: torch.device) -> bool:
+    """float32 matmuls and convolutions round like IEEE float32 (no bf16 / tf32 shortcuts)."""
+    if device.type == "cuda":
+        return not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    return (torch.get_float32_matmul_precision() == "highest"
+            and torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
+            and torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee"))
+
+
+# float32 adds integers below 2**24 exactly, in any order: int8 x int8 products are at most
+# 128 * 128, so a dot product of up to 1024 of them is exact.
+FLOAT_EXACT_K = 2**24 // (128 * 128)
+
+
+def float_int_mm(a: Tensor, b: Tensor) -> Tensor:
+    """int8 a [M, K] @ int8 b [K, N] as exact int32 through float32 matmuls of K-slices of at
+    most FLOAT_EXACT_K (float64 where float32 matmuls are not IEEE here)."""
+    if not _float32_is_ieee(a.device):
+        return torch.matmul(a.double(), b.double()).to(torch.int32)
+    k = a.shape[1]
+    acc = torch.matmul(a[:, :FLOAT_EXACT_K].float(), b[:FLOAT_EXACT_K].float()).to(torch.int32)
+    for k0 in range(FLOAT_EXACT_K, k, FLOAT_EXACT_K):
+        part = torch.matmul(a[:, k0:k0 + FLOAT_EXACT_K].float(), b[k0:k0 + FLOAT_EXACT_K].float())
+        acc.add_(part.to(torch.int32))
+    return acc
+
+
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
-    """int8 a [M, K] @ int8 b [K, N] as exact int32. Where `_int_mm` refuses, a float64 matmul
-    of the integer values: exact, since |partial sums| <= K * 128 * 128 < 2**53."""
+    """int8 a [M, K] @ int8 b [K, N] as exact int32: `_int_mm` where it takes the operands and
+    is exact on this machine (oneDNN's AVX2 kernels behind it saturate), else `float_int_mm`."""
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:
         return torch.zeros(m, n, dtype=torch.int32, device=a.device)
     if k == 1:  # an outer product; _int_mm misreads a [1, N] operand's strides (torch 2.13 CPU)
         return a.to(torch.int32) * b.to(torch.int32)
-    if _int_mm_takes(a, b):
+    if _int_mm_takes(a, b) and (a.device.type != "cpu" or int8_scheme.detect().int_mm):
         return torch._int_mm(a, b)
-    return torch.matmul(a.double(), b.double()).to(torch.int32)
+    return float_int_mm(a, b)
 
 
 @dataclass(frozen=True)
@@ -202,9 +234,7 @@ def _pair(v: Any) -> tuple[int, int]:
 def _exact_float_dtype(k: int, device: torch.device) -> torch.dtype:
     """float32 adds integers below 2**24 exactly in any order; a float32 convolution qualifies
     while its dot products stay below that (and the backend is not told to use bf16/tf32)."""
-    ieee = torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee")
-    if device.type == "cuda":
-        ieee = not torch.backends.cudnn.allow_tf32
+    ieee = _float32_is_ieee(device)
     return torch.float32 if ieee and k * 255 * 128 < 2**24 else torch.float64
 
 
@@ -611,7 +641,7 @@ def prepare_qlinear(consts: Sequence[Tensor | None], attrs: dict,
     w = consts[1]
     if w is None or w.dtype != torch.int8:
         return None
-    if onednn_available(device) and w.numel():
+    if onednn_available(device) and w.numel() and int8_scheme.onednn_takes(w):
         return _OnednnLinear(w, dict(attrs))
     return _generic_prepared(_qlinear_generic, w)
 
@@ -621,7 +651,8 @@ def prepare_qconv2d(consts: Sequence[Tensor | None], attrs: dict,
     w, w_scale = consts[1], consts[2]
     if w is None or w.dtype != torch.int8:
         return None
-    if onednn_available(device) and w_scale is not None and w.numel():
+    if (onednn_available(device) and w_scale is not None and w.numel()
+            and int8_scheme.onednn_takes(w)):
         if (w.shape[1] >= MATMUL_MIN_K and w.shape[2:] == (1, 1)
                 and _pair(attrs["padding"]) == (0, 0) and attrs["groups"] == 1):
             return _OnednnConv1x1(w, w_scale, dict(attrs))

@@ -2,7 +2,9 @@
 
 The semantics of the quantized ops are in docs/quantized-ir.md. Decisions this pass makes:
 
-- Weights: int8, per output channel, symmetric (`compiler.quant_math`).
+- Weights: int8, per output channel, symmetric (`compiler.quant_math`); with `weight_bits=7`
+  in [-63, 63], declared as `w_bits=7` on the layer (what `cpu-int8` picks on CPUs without
+  VNNI, see kernels/int8_scheme.py).
 - Activations: static per-tensor int8 when calibration gave the value's range (`ranges`, keyed
   by value name), else dynamic: `dynamic_quantize` computes a scale per row (linear) or per
   tensor (conv) at run time and the layer outputs float.
@@ -60,8 +62,9 @@ def _layer_base(node: Node) -> tuple[bool, tuple, list[tuple[int, Value]]]:
 
 class _Quantizer:
     def __init__(self, graph: Graph, ranges: Mapping[str, Range] | None,
-                 keep_float: Iterable[str]):
+                 keep_float: Iterable[str], weight_bits: int):
         self.graph = graph
+        self.weight_bits = weight_bits
         self.ranges = dict(ranges or {})
         self.static = ranges is not None
         self.keep = frozenset(keep_float)
@@ -215,13 +218,14 @@ class _Quantizer:
         rw, x, out = self.rw, node.inputs[0], node.outputs[0]
         has_bias, epilogue, _ = _layer_base(node)
         weight = self.graph.constant(node.inputs[1])
-        w_q, w_scale = quant_math.quantize_int8_per_channel(weight)
+        w_q, w_scale = quant_math.quantize_int8_per_channel(weight, self.weight_bits)
         inputs = [None, rw.const(w_q, node.provenance, prefix=f"{out.name}_wq"),
                   rw.const(w_scale, node.provenance, prefix=f"{out.name}_wscale")]
         if has_bias:
             inputs.append(self.value[node.inputs[2].name])
         x_params = self._params(x.name) if self.static else None
-        attrs: dict[str, Any] = {"has_bias": has_bias, "dynamic": x_params is None}
+        attrs: dict[str, Any] = {"has_bias": has_bias, "dynamic": x_params is None,
+                                 "w_bits": self.weight_bits}
         if node.op in ("conv2d", "fused_conv2d"):
             attrs.update({k: node.attrs[k] for k in CONV_ATTRS})
         if x_params is None:
@@ -265,10 +269,12 @@ class _Quantizer:
 
 
 def quantize_graph(graph: Graph, ranges: Mapping[str, Range] | None = None,
-                   keep_float: Iterable[str] = ()) -> tuple[Graph, dict[str, Any]]:
+                   keep_float: Iterable[str] = (), weight_bits: int = 8,
+                   ) -> tuple[Graph, dict[str, Any]]:
     """Quantize `graph` (see the module doc). `ranges`: calibrated (lo, hi) per float value
-    name, or None for dynamic quantization everywhere."""
-    q = _Quantizer(graph, ranges, keep_float)
+    name, or None for dynamic quantization everywhere. `weight_bits`: 8, or 7 for CPUs whose
+    int8 kernels sum pairs of products in 16 bits (`kernels/int8_scheme.py`)."""
+    q = _Quantizer(graph, ranges, keep_float, weight_bits)
     new = q.run()
     stats = {"quantized": len(q.layers),
              "static": sum(layer["mode"] == "static" for layer in q.layers),
@@ -278,6 +284,7 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, Range] | None = None,
 
 
 def quantize(graph: Graph, ranges: Mapping[str, Range] | None = None,
-             keep_float: Iterable[str] = ()) -> tuple[Graph, dict[str, Any]]:
+             keep_float: Iterable[str] = (), weight_bits: int = 8,
+             ) -> tuple[Graph, dict[str, Any]]:
     """The pass as the PassManager calls it; options come from `compile(...)`."""
-    return quantize_graph(graph, ranges, keep_float)
+    return quantize_graph(graph, ranges, keep_float, weight_bits)
