@@ -14,7 +14,7 @@ with the exact sum. What passes decides the scheme:
 - `s8-w7`: oneDNN is exact only with weights in [-63, 63] (2 * 255 * 63 = 32130 fits 16 bits):
   `cpu-int8` quantizes weights to 7 bits (`w_bits=7` on each qlinear / qconv2d in the IR, so
   the reference computes the same thing) and keeps the fast kernels.
-- `generic`: neither (or oneDNN turned off): every layer takes the generic path, whose int32
+- `generic`: neither (or no oneDNN in this torch build): every layer takes the generic path, whose int32
   accumulators come from `torch._int_mm` where the probe found it exact, else from float32
   GEMMs of the integer values split along K so that every partial sum stays below 2**24
   (exact in float32 in any order).
@@ -153,7 +153,7 @@ def detect() -> Int8Scheme:
     """Probe once per process (a few milliseconds); `FXFORGE_INT8_SCHEME` forces a scheme."""
     from fxforge.kernels import torch_int8 as ti
 
-    onednn = ti.onednn_available(torch.device("cpu"))
+    onednn = ti.onednn_built()
     with torch.no_grad():
         w8 = onednn and _linear_exact(127) and _conv_exact(127)
         w7 = w8 or (onednn and _linear_exact(W7_MAX) and _conv_exact(W7_MAX))

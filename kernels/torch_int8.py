@@ -395,12 +395,17 @@ def max_pool2d(x: Tensor, *, kernel, stride, padding, dilation, ceil_mode) -> Te
 # --- prepared layers: oneDNN int8 kernels with fused post-ops -----------------------------------
 
 
-def onednn_available(device: torch.device) -> bool:
-    """oneDNN int8 linear and conv ops in this torch build, for tensors on the CPU."""
-    if not USE_ONEDNN or device.type != "cpu" or not torch.backends.mkldnn.is_available():
+def onednn_built() -> bool:
+    """oneDNN int8 linear and conv ops in this torch build."""
+    if not torch.backends.mkldnn.is_available():
         return False
     names = ("qlinear_prepack", "qlinear_pointwise", "qconv_prepack", "qconv2d_pointwise")
     return all(hasattr(torch.ops.onednn, n) for n in names)
+
+
+def onednn_available(device: torch.device) -> bool:
+    """oneDNN int8 ops for tensors on `device` (the CPU), unless turned off."""
+    return USE_ONEDNN and device.type == "cpu" and onednn_built()
 
 
 @dataclass(frozen=True)

@@ -248,18 +248,18 @@ def test_quantized_graph_runs_the_same_on_reference_and_torch(digits):
 def test_compile_reuses_the_calibration_capture_of_the_same_signature(digits, monkeypatch):
     """Exporting is the slow part of capture: a compile whose inputs look like a calibration
     sample (shape, dtype, device) exports the model once, not twice; a new signature exports."""
-    import compiler.quantization
+    import fxforge.quantization
     import fxforge.api
 
     model, calibration, float_acc = digits
     calls = []
-    real = compiler.quantization.capture
+    real = fxforge.quantization.capture
 
     def counting(*args, **kwargs):
         calls.append(args[1][0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compiler.quantization, "capture", counting)
+    monkeypatch.setattr(fxforge.quantization, "capture", counting)
     monkeypatch.setattr(fxforge.api, "capture", counting)
     fast = fxforge.compile(model, "cpu-int8", calibration=calibration)
     fast(calibration[0])

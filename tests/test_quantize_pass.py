@@ -253,19 +253,19 @@ def test_static_cnn_int8_flows_through_cat_max_pool_and_reshape():
       %0 = const i8[4,3,3,3]  # stem
       %1 = const f32[4]  # stem
       %2 = quantize[scale={sx!r}, zero_point={zx}] %x : {_i8("1,3,8,8", sx, zx)}  # stem
-      %3 = {QCONV3}, has_bias=true, dynamic=false, x_scale={sx!r}, x_zero_point={zx}, out_dtype="i8", out_scale={sc!r}, out_zero_point={zc}, epilogue=[{{"op": "relu"}}]] %2, %0, %1, %b1 : {_i8("1,4,8,8", sc, zc)}  # stem
+      %3 = {QCONV3}, has_bias=true, dynamic=false, x_scale={sx!r}, x_zero_point={zx}, out_dtype="i8", out_scale={sc!r}, out_zero_point={zc}, epilogue=[{{"op": "relu"}}], w_bits=8] %2, %0, %1, %b1 : {_i8("1,4,8,8", sc, zc)}  # stem
       %b2 = const f32[4]
       %4 = const i8[4,4,3,3]  # block.conv
       %5 = const f32[4]  # block.conv
       %6 = dequantize[scale={sc!r}, zero_point={zc}] %3 : f32[1,4,8,8]  # block.conv
-      %7 = {QCONV3}, has_bias=true, dynamic=false, x_scale={sc!r}, x_zero_point={zc}, out_dtype="i8", out_scale={sc!r}, out_zero_point={zc}, epilogue=[{{"op": "add", "operand": 4, "side": "right"}}, {{"op": "relu"}}]] %3, %4, %5, %b2, %6 : {_i8("1,4,8,8", sc, zc)}  # block.conv
+      %7 = {QCONV3}, has_bias=true, dynamic=false, x_scale={sc!r}, x_zero_point={zc}, out_dtype="i8", out_scale={sc!r}, out_zero_point={zc}, epilogue=[{{"op": "add", "operand": 4, "side": "right"}}, {{"op": "relu"}}], w_bits=8] %3, %4, %5, %b2, %6 : {_i8("1,4,8,8", sc, zc)}  # block.conv
       %8 = cat[dim=1] %3, %7 : {_i8("1,8,8,8", sc, zc)}  # block
       %9 = {MAXPOOL_I8} %8 : {_i8("1,8,4,4", sc, zc)}  # pool
       %10 = reshape[shape=[1, 128]] %9 : {_i8("1,128", sc, zc)}
       %b4 = const f32[4]
       %11 = const i8[4,128]  # head
       %12 = const f32[4]  # head
-      %y = qlinear[has_bias=true, dynamic=false, x_scale={sc!r}, x_zero_point={zc}, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[]] %10, %11, %12, %b4 : f32[1,4]  # head
+      %y = qlinear[has_bias=true, dynamic=false, x_scale={sc!r}, x_zero_point={zc}, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[], w_bits=8] %10, %11, %12, %b4 : f32[1,4]  # head
       return %y, %dw
     }}"""  # noqa: E501
     assert _ir(q, graph) == dedent_ir(expected)
@@ -313,12 +313,12 @@ def test_static_cnn_keep_float_by_module_path():
       %0 = const i8[4,3,3,3]  # stem
       %1 = const f32[4]  # stem
       %2 = quantize[scale={sx!r}, zero_point={zx}] %x : {_i8("1,3,8,8", sx, zx)}  # stem
-      %a = {QCONV3}, has_bias=true, dynamic=false, x_scale={sx!r}, x_zero_point={zx}, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[{{"op": "relu"}}]] %2, %0, %1, %b1 : f32[1,4,8,8]  # stem
+      %a = {QCONV3}, has_bias=true, dynamic=false, x_scale={sx!r}, x_zero_point={zx}, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[{{"op": "relu"}}], w_bits=8] %2, %0, %1, %b1 : f32[1,4,8,8]  # stem
       %b2 = const f32[4]
       %3 = const i8[4,4,3,3]  # block.conv
       %4 = const f32[4]  # block.conv
       %5 = quantize[scale={sc!r}, zero_point={zc}] %a : {_i8("1,4,8,8", sc, zc)}  # block.conv
-      %b = {QCONV3}, has_bias=true, dynamic=false, x_scale={sc!r}, x_zero_point={zc}, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[{{"op": "add", "operand": 4, "side": "right"}}, {{"op": "relu"}}]] %5, %3, %4, %b2, %a : f32[1,4,8,8]  # block.conv
+      %b = {QCONV3}, has_bias=true, dynamic=false, x_scale={sc!r}, x_zero_point={zc}, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[{{"op": "add", "operand": 4, "side": "right"}}, {{"op": "relu"}}], w_bits=8] %5, %3, %4, %b2, %a : f32[1,4,8,8]  # block.conv
       %c = cat[dim=1] %a, %b : f32[1,8,8,8]  # block
       %p = max_pool2d[kernel=[2, 2], stride=[2, 2], padding=[0, 0], dilation=[1, 1], ceil_mode=false] %c : f32[1,8,4,4]  # pool
       %f = reshape[shape=[1, 128]] %p : f32[1,128]
@@ -468,15 +468,15 @@ def test_dynamic_mode_row_for_linear_tensor_for_conv_one_per_input():
       %0 = const i8[8,4,3,3]  # conv
       %1 = const f32[8]  # conv
       %2, %3 = dynamic_quantize[mode="tensor"] %x : i8[2,4,6,6], f32[1,1,1,1]  # conv
-      %c = {QCONV3}, has_bias=false, dynamic=true, x_scale=none, x_zero_point=0, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[]] %2, %0, %1, %3 : f32[2,8,6,6]  # conv
+      %c = {QCONV3}, has_bias=false, dynamic=true, x_scale=none, x_zero_point=0, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[], w_bits=8] %2, %0, %1, %3 : f32[2,8,6,6]  # conv
       %b1 = const f32[6]
       %4 = const i8[6,16]  # attn.q
       %5 = const f32[6]  # attn.q
       %6, %7 = dynamic_quantize[mode="row"] %h : i8[2,5,16], f32[2,5,1]  # attn.q
-      %l1 = qlinear[has_bias=true, dynamic=true, x_scale=none, x_zero_point=0, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[]] %6, %4, %5, %b1, %7 : f32[2,5,6]  # attn.q
+      %l1 = qlinear[has_bias=true, dynamic=true, x_scale=none, x_zero_point=0, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[], w_bits=8] %6, %4, %5, %b1, %7 : f32[2,5,6]  # attn.q
       %8 = const i8[6,16]  # attn.k
       %9 = const f32[6]  # attn.k
-      %l2 = qlinear[has_bias=false, dynamic=true, x_scale=none, x_zero_point=0, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[{{"op": "gelu", "attrs": {{"approximate": "none"}}}}]] %6, %8, %9, %7 : f32[2,5,6]  # attn.k
+      %l2 = qlinear[has_bias=false, dynamic=true, x_scale=none, x_zero_point=0, out_dtype="f32", out_scale=none, out_zero_point=0, epilogue=[{{"op": "gelu", "attrs": {{"approximate": "none"}}}}], w_bits=8] %6, %8, %9, %7 : f32[2,5,6]  # attn.k
       %wt = const f32[3,6]
       %t = linear %l1, %wt : f32[2,5,3]  # tiny
       return %c, %l2, %t

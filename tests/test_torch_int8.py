@@ -20,6 +20,11 @@ oneDNN's int8 kernels and fused post-ops; skipped where this torch has none). To
   product once).
 - int8 max_pool2d (the torch backend routes int8 to kernels/torch_int8.py): exact.
 
+Weights span the range oneDNN's kernels sum exactly on this CPU (`int8_scheme`): all of int8
+where they sum in int32 (VNNI, AMX), [-63, 63] where they add pairs of products in 16 bits (AVX2
+without VNNI), so the `onednn` runs exercise the fast kernels on every x86 CPU; weights outside
+that range take the generic path (tests/test_int8_exact.py).
+
 Also checked: oneDNN's matmul is used only where it has fast kernels; channels-last outputs
 read right through reshape / flatten / permute; a TorchProgram with prepared layers, node by
 node against the reference run on the program's own intermediate values.
@@ -38,6 +43,7 @@ from graph_builder import GraphBuilder
 from fxforge import ops
 from fxforge.execute import TorchProgram
 from fxforge.ir import Graph, TensorType, Value
+from fxforge.kernels import int8_scheme
 from fxforge.kernels import reference_quant as rq
 from fxforge.kernels import torch_int8 as ti
 from fxforge.kernels.torch_backend import TORCH_IMPLS
@@ -45,6 +51,8 @@ from fxforge.quant_math import quantize_int4_groupwise, quantize_int8_per_channe
 
 CPU = torch.device("cpu")
 HAS_ONEDNN = ti.onednn_available(CPU)
+# the weights oneDNN's int8 kernels sum exactly here: [W_LO, W_HI)
+W_LO, W_HI = (-128, 128) if int8_scheme.detect().onednn_w8 else (-63, 64)
 RUNNERS = ["generic", "prepared", "onednn"]
 
 
@@ -182,7 +190,7 @@ def _conv_data(shape, zp_key):
     b, cin, cout, h, w, k, *_rest, groups = shape
     rng = _rng("conv", shape, zp_key)
     x = rng.integers(-128, 128, (b, cin, h, w)).astype(np.int8)
-    wt = rng.integers(-128, 128, (cout, cin // groups, *k)).astype(np.int8)
+    wt = rng.integers(W_LO, W_HI, (cout, cin // groups, *k)).astype(np.int8)
     return rng, x, wt
 
 
@@ -213,7 +221,7 @@ def test_onednn_accumulators_exact(case):
         x_shape, n, _ = shape
         rng = _rng("oacc", shape)
         x = rng.integers(-128, 128, x_shape).astype(np.int8)
-        w = rng.integers(-128, 128, (n, x_shape[-1])).astype(np.int8)
+        w = rng.integers(W_LO, W_HI, (n, x_shape[-1])).astype(np.int8)
         ref = rq.qlinear_acc(x, w, zp)
         run = ti._OnednnLinear(_t(w), attrs)
     else:
@@ -288,7 +296,7 @@ def test_qlinear(case, how, monkeypatch):
     x_shape, n, zp, out_dtype, epi, dynamic, has_bias = case
     rng = _rng("qlinear", case)
     x = rng.integers(-128, 128, x_shape).astype(np.int8)
-    w = rng.integers(-127, 128, (n, x_shape[-1])).astype(np.int8)
+    w = rng.integers(max(W_LO, -127), W_HI, (n, x_shape[-1])).astype(np.int8)
     inputs = [x, w, (rng.random(n) * 0.01 + 1e-3).astype(np.float32)]
     if has_bias:
         inputs.append(rng.standard_normal(n).astype(np.float32))
@@ -352,7 +360,7 @@ def test_onednn_matmul_only_where_it_has_fast_kernels(rows, k, onednn, monkeypat
     calls = []
     generic = ti._qlinear_generic
     monkeypatch.setattr(ti, "_qlinear_generic", lambda *a: calls.append(1) or generic(*a))
-    w = torch.randint(-127, 128, (8, k), dtype=torch.int8)
+    w = torch.randint(max(W_LO, -127), W_HI, (8, k), dtype=torch.int8)
     attrs = _q_attrs("qlinear", zp=0, out_dtype="f32", steps=(), dynamic=False, has_bias=False)
     run = ti.prepare_qlinear([None, w, torch.ones(8)], attrs, CPU)
     run(torch.zeros(rows, k, dtype=torch.int8), w, torch.ones(8), **attrs)
