@@ -214,6 +214,7 @@ def time_cases(cases: list[PreparedCase], opts, seconds: float | None, progress:
 def fit_budgets(timers: list[CaseTimer], seconds: float) -> None:
     """Shrink every timer's budget left alike so that together they fit `seconds`."""
     left = sum(t.budget_left_s for t in timers if t.runs)
-    if left > seconds:
+    seconds = max(0.0, seconds)
+    if left > seconds:  # so left > 0: a run past its time limit left nothing to share
         for t in timers:
-            t.shrink(max(0.0, seconds) / left)
+            t.shrink(seconds / left)

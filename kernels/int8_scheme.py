@@ -14,9 +14,9 @@ with the exact sum. What passes decides the scheme:
 - `s8-w7`: oneDNN is exact only with weights in [-63, 63] (2 * 255 * 63 = 32130 fits 16 bits):
   `cpu-int8` quantizes weights to 7 bits (`w_bits=7` on each qlinear / qconv2d in the IR, so
   the reference computes the same thing) and keeps the fast kernels.
-- `generic`: neither (or no oneDNN in this torch build): every layer takes the generic path, whose int32
-  accumulators come from `torch._int_mm` where the probe found it exact, else from float32
-  GEMMs of the integer values split along K so that every partial sum stays below 2**24
+- `generic`: neither (or no oneDNN in this torch build): every layer takes the generic path,
+  whose int32 accumulators come from `torch._int_mm` where the probe found it exact, else from
+  float32 GEMMs of the integer values split along K so that every partial sum stays below 2**24
   (exact in float32 in any order).
 
 `ONEDNN_MAX_CPU_ISA=AVX2` (read by oneDNN when it starts) makes a VNNI machine behave like an

@@ -11,7 +11,14 @@ import torch
 
 from fxforge.bench import allocator
 from fxforge.bench.cases import PreparedCase, new_row
-from fxforge.bench.schedule import CaseTimer, block_calls, case_budget, time_cases, visit_all
+from fxforge.bench.schedule import (
+    CaseTimer,
+    block_calls,
+    case_budget,
+    fit_budgets,
+    time_cases,
+    visit_all,
+)
 from fxforge.bench.systems import BASELINE, Case
 
 
@@ -122,6 +129,17 @@ def test_a_time_limit_shrinks_every_budget_alike(clock):
     # 0.5 / 2.0 -> 0.15 s of rounds each
     ra, rb = (c.rows[BASELINE]["latency_ms"]["repeats"] for c in (a, b))
     assert 145 <= ra <= 155 and 72 <= rb <= 78, (ra, rb)
+
+
+def test_a_run_already_past_its_time_limit_with_no_budget_left_does_not_fail(clock):
+    """The preparations took the whole time limit (a loaded machine): nothing is left to share
+    (this divided by zero in a 2026-12-07 run)."""
+    a = _case("a", {BASELINE: clock.system(1e-3)}, [], single_s=1e-3)
+    timer = CaseTimer(a, _opts(passes=2, min_repeats=1, max_repeats=10, case_seconds=1.0), [])
+    timer.shrink(0.0)
+    assert timer.budget_left_s == 0.0
+    fit_budgets([timer], -3.0)
+    assert timer.budget_left_s == 0.0
 
 
 def test_visits_between_preparations_spread_a_case_and_share_its_budget(clock):

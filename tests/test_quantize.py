@@ -248,8 +248,8 @@ def test_quantized_graph_runs_the_same_on_reference_and_torch(digits):
 def test_compile_reuses_the_calibration_capture_of_the_same_signature(digits, monkeypatch):
     """Exporting is the slow part of capture: a compile whose inputs look like a calibration
     sample (shape, dtype, device) exports the model once, not twice; a new signature exports."""
-    import fxforge.quantization
     import fxforge.api
+    import fxforge.quantization
 
     model, calibration, float_acc = digits
     calls = []
