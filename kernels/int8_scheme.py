@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import time
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class Int8Scheme:
     weight_bits: int  # what cpu-int8 quantizes weights to on this machine
     onednn_w8: bool  # oneDNN int8 linear + conv exact with 8-bit weights
     onednn_w7: bool  # ... with weights in [-63, 63]
-    int_mm: bool  # torch._int_mm exact with 8-bit operands
+    int_mm: bool  # the generic path uses torch._int_mm: exact here, and faster than float32
     cpu: str  # model name and the int8-relevant flags
     isa_cap: str | None  # ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA, when set
 
@@ -148,6 +149,25 @@ def _int_mm_exact() -> bool:
     return torch.equal(got.double(), a.double() @ b.double())
 
 
+def _int_mm_faster() -> bool:
+    """Whether `_int_mm` beats the float32 path on a mid-sized GEMM (best of 3 each): on some
+    CPUs without VNNI it is exact but runs a slow loop (2-3 GOPS, ~50x below float32)."""
+    from fxforge.kernels import torch_int8 as ti
+
+    a = torch.randint(-128, 128, (256, 512), dtype=torch.int8)
+    b = torch.randint(-128, 128, (512, 256), dtype=torch.int8)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch._int_mm) <= best(ti.float_int_mm)
+
+
 @functools.cache
 def detect() -> Int8Scheme:
     """Probe once per process (a few milliseconds); `FXFORGE_INT8_SCHEME` forces a scheme."""
@@ -157,7 +177,7 @@ def detect() -> Int8Scheme:
     with torch.no_grad():
         w8 = onednn and _linear_exact(127) and _conv_exact(127)
         w7 = w8 or (onednn and _linear_exact(W7_MAX) and _conv_exact(W7_MAX))
-        int_mm = _int_mm_exact()
+        int_mm = _int_mm_exact() and _int_mm_faster()
     name = "s8" if w8 else "s8-w7" if w7 else "generic"
     forced = os.environ.get("FXFORGE_INT8_SCHEME")
     if forced:

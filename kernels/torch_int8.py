@@ -184,7 +184,8 @@ def float_int_mm(a: Tensor, b: Tensor) -> Tensor:
 
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
     """int8 a [M, K] @ int8 b [K, N] as exact int32: `_int_mm` where it takes the operands and
-    is exact on this machine (oneDNN's AVX2 kernels behind it saturate), else `float_int_mm`."""
+    is exact and fast on this machine (oneDNN's AVX2 kernels behind it can saturate or crawl),
+    else `float_int_mm`."""
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:

@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -194,6 +195,20 @@ def test_compiled_cpu_int8_matches_reference_int8(model):
         tol = 1e-3 * float(w.abs().max())
         assert (g - w).abs().max() <= tol, (g - w).abs().max()
         assert np.allclose(g.numpy(), r, rtol=0, atol=tol)
+
+
+def test_cpu_int8_path_uses_no_deprecated_torch_api():
+    """The path runs on plain int8 tensors (torch.ops.onednn, torch._int_mm), not on torch's
+    quantized tensors, which warn that they are deprecated."""
+    m, example = zoo.build("resnet18", 1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fast = fxforge.compile(m, "cpu-int8", calibration=zoo.calibration_data("resnet18", 1, 2),
+                               example_inputs=example)
+        fast(*example)
+        fxforge.compile(m, "cpu-int8", example_inputs=example)(*example)  # dynamic
+    bad = [w for w in seen if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not bad, [f"{w.category.__name__}: {w.message}" for w in bad]
 
 
 @pytest.mark.skipif(not CAPPED, reason="only in the ONEDNN_MAX_CPU_ISA=AVX2 run below")
