@@ -108,9 +108,19 @@ def test_figures_of_systems_that_ran(run):
         for row in (cpu, ref):
             assert row["status"] == "ok" and row["error"]["max_abs"] < 1e-4
             assert row["compile_s"]["cold"] > 0 and row["compile_s"]["warm"] > 0
+    accuracy = {}
     for system in ("eager-fp32", "fxforge-cpu", "onnxruntime-fp32", "onnxruntime-int8"):
         (row,) = _rows(doc, model="digits", system=system)
-        assert row["status"] == "ok" and row["accuracy"] >= 0.9, row
+        assert row["status"] == "ok" and 0 <= row["accuracy"] <= 1, row
+        accuracy[system] = row["accuracy"]
+    # Relative to this run's eager model, not to an accuracy its training does not guarantee
+    # (0.861 on one machine): float systems make its predictions (a few ties aside), int8 stays
+    # close, and the model is trained at all (chance is 0.1).
+    eager = accuracy["eager-fp32"]
+    assert eager > 0.3, accuracy
+    assert abs(accuracy["fxforge-cpu"] - eager) <= 0.01, accuracy
+    assert abs(accuracy["onnxruntime-fp32"] - eager) <= 0.01, accuracy
+    assert accuracy["onnxruntime-int8"] >= eager - 0.05, accuracy
 
 
 class _Broken(System):
