@@ -2,7 +2,7 @@
 
 Two sizes of every model: the full one that `fxforge bench` runs by default, and a tiny one for
 `--quick` (smoke runs, the test). Real architectures come from `transformers` model classes
-built from a config (random weights, nothing downloaded); the rest from `compiler.zoo`. Each
+built from a config (random weights, nothing downloaded); the rest from `fxforge.zoo`. Each
 factory is deterministic (seed 0, the caller's RNG untouched) and returns an eval-mode module
 whose output is a tensor or a tuple of tensors (transformers' ModelOutput is unwrapped to the
 fields named in the spec), so every system is compared on the same computation.

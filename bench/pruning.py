@@ -3,7 +3,7 @@
 Cases, each timed interleaved in one process at one batch size as eager unpruned, eager pruned
 (zeros still computed) and fxforge `cpu` of the pruned model:
 
-- a ResNet-18-style CNN pruned with `compiler.prune_channels(amount=0.5)`;
+- a ResNet-18-style CNN pruned with `fxforge.prune_channels(amount=0.5)`;
 - the same CNN with `torch.nn.utils.prune.ln_structured` on the first conv of every basic block
   (`--ln-amounts`). Only the conv is zeroed, not its batch norm: a pruned channel is the constant
   relu(BN shift), read by the block's zero-padded second conv, which `remove-pruned-channels`

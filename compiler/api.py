@@ -302,13 +302,13 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
             keep_float: Sequence[str] = (), weight_bits: int | None = None,
             passes: str | list[str] | None = None, debug: Any = None,
             **options: Any) -> CompiledModel:
-    """Compile `model` for `target` (see `compiler.TARGETS`).
+    """Compile `model` for `target` (see `fxforge.TARGETS`).
 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
         the model is captured now and calls must match it; omitted, the model is captured at the
         first call and again for each new input signature.
     passes: the pipeline as a list or comma-separated string of pass names (default: the
-        target's). debug: instruments of the PassManager (see `compiler.pipeline`).
+        target's). debug: instruments of the PassManager (see `fxforge.pipeline`).
 
     int8 targets (`cpu-int8`, `reference-int8`):
     calibration: an iterable of samples (a tensor, or a tuple/list with one tensor per positional

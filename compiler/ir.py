@@ -5,7 +5,7 @@ re-run, diffed, bisected and checked against the numpy reference in isolation. E
 its provenance (the module path and aten op it came from) so reports and errors speak the user's
 names.
 
-The text form (see `compiler.printer`) round-trips: `parse_ir(str(g)) == g`. Large constants
+The text form (see `fxforge.printer`) round-trips: `parse_ir(str(g)) == g`. Large constants
 print as a content digest rather than their data, and constants compare by that digest, so the
 text is readable and the round trip is still exact about which weights a graph holds.
 """

@@ -1,4 +1,4 @@
-"""Text -> IR. The inverse of `compiler.printer`; no eval, only a small tokenizer.
+"""Text -> IR. The inverse of `fxforge.printer`; no eval, only a small tokenizer.
 
 Grammar (one statement per line)::
 

@@ -1,4 +1,4 @@
-"""IR -> text. The grammar is the one `compiler.parser` reads; see that module's docstring.
+"""IR -> text. The grammar is the one `fxforge.parser` reads; see that module's docstring.
 
 Names that came from a model (module paths, source ops) are printed bare only when they are made
 of harmless characters, and JSON-quoted otherwise, so a hostile name can never break a line or

@@ -1,8 +1,8 @@
 """Structured channel pruning that `compile` can cash in.
 
-    pruned = compiler.prune_channels(model, 0.5, example_inputs=x)   # channels now produce 0
+    pruned = fxforge.prune_channels(model, 0.5, example_inputs=x)   # channels now produce 0
     ...fine-tune `pruned` (keep the zeroed rows at zero, e.g. with a mask, or prune again)...
-    fast = compiler.compile(pruned, "cpu")                           # and are removed here
+    fast = fxforge.compile(pruned, "cpu")                           # and are removed here
 
 `prune_channels` never touches the model it is given: it prunes a deep copy. It captures the copy
 with torch.export and runs the channel analysis of `remove-pruned-channels` (`passes/channels.py`)

@@ -4,8 +4,8 @@ linear_int4. Their semantics are docs/quantized-ir.md; their numpy reference is
 
 The declarations live apart from `compiler/ops.py` only to keep that file's size in check; they
 are built from its pieces (`OpDef`, `AttrSpec`, `epilogue_types`, the conv2d shape rule and the
-FLOP functions), and `compiler.ops` adds `declarations()` to its registry `OPS` at the end of
-its module. The two modules import each other, so this one reads `compiler.ops` only inside
+FLOP functions), and `fxforge.ops` adds `declarations()` to its registry `OPS` at the end of
+its module. The two modules import each other, so this one reads `fxforge.ops` only inside
 functions: either may then be imported first.
 
 Inference is strict on purpose: the attributes are the source of truth for execution, so every
@@ -289,7 +289,7 @@ def _linear_int4_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -
 # Declarations
 
 def declarations() -> list[OpDef]:
-    """The OpDefs of the quantized ops, for `compiler.ops.OPS`."""
+    """The OpDefs of the quantized ops, for `fxforge.ops.OPS`."""
     from fxforge.ops import AttrSpec, OpDef  # see the module docstring
 
     q_attrs = {

@@ -3,7 +3,7 @@ options, and the accuracy analysis the report shows.
 
 One `Quantization` belongs to one `CompiledModel`. It calibrates once, on the float IR (the
 target's pipeline up to `quantize`): every calibration sample runs through that graph with torch
-and an observer sees every float value (`compiler.calibration`). Samples of another shape (the
+and an observer sees every float value (`fxforge.calibration`). Samples of another shape (the
 last, smaller batch of a DataLoader) get their own capture; values are matched by name, which
 capture derives from the model's code, not from shapes.
 

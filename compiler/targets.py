@@ -57,7 +57,7 @@ TARGETS: tuple[str, ...] = tuple(TARGET_INFO)
 
 def get_target(name: str) -> Target:
     if not isinstance(name, str) or name not in TARGET_INFO:
-        raise ValueError(f"unknown target {name!r}; compiler.TARGETS = {', '.join(TARGETS)}")
+        raise ValueError(f"unknown target {name!r}; fxforge.TARGETS = {', '.join(TARGETS)}")
     target = TARGET_INFO[name]
     if target.missing:
         ready = ", ".join(t.name for t in _TARGETS if not t.missing)

@@ -15,7 +15,7 @@ step only when it keeps the accumulator's shape and dtype (its operand may broad
 per-channel constant, a residual of the same shape). The node that replaces another keeps that
 node's result name, so the IR still speaks the names it had, and a chain grows in one round: the
 fused value has exactly the readers the replaced one had. Fused ops compute what their nodes did,
-rounding to each intermediate's dtype (see `compiler.ops.stage_types`). One exception: an
+rounding to each intermediate's dtype (see `fxforge.ops.stage_types`). One exception: an
 attention row whose every key is masked gives NaN unfused and zeros fused (sdpa's safe softmax).
 """
 

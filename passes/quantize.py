@@ -2,7 +2,7 @@
 
 The semantics of the quantized ops are in docs/quantized-ir.md. Decisions this pass makes:
 
-- Weights: int8, per output channel, symmetric (`compiler.quant_math`); with `weight_bits=7`
+- Weights: int8, per output channel, symmetric (`fxforge.quant_math`); with `weight_bits=7`
   in [-63, 63], declared as `w_bits=7` on the layer (what `cpu-int8` picks on CPUs without
   VNNI, see kernels/int8_scheme.py).
 - Activations: static per-tensor int8 when calibration gave the value's range (`ranges`, keyed

@@ -2,7 +2,7 @@
 
 Why weight-only: at small batch a linear layer is bound by reading its weights, and int4 reads
 an eighth of float32's bytes; activations stay float32, so no calibration is needed. Weights are
-quantized group-wise and symmetric (`compiler.quant_math.quantize_int4_groupwise`); the group
+quantized group-wise and symmetric (`fxforge.quant_math.quantize_int4_groupwise`); the group
 is the largest of GROUP_SIZES dividing K. A `fused_linear`'s epilogue moves into a
 `fused_elementwise` after the int4 layer (linear_int4 has no epilogue), which the backends fuse
 as they fuse any chain. Kept float, and listed with the reason: convolutions (int4 is for

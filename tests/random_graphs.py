@@ -10,18 +10,18 @@
 
 A graph starts from one float32 NCHW input (batch 1-3, channels 1-8, spatial 4-9; more inputs
 with `max_inputs`) and applies a random sequence of CNN-style ops built with
-`compiler.ops.build_node`: conv2d (kernel 1/3, stride 1/2, padding, grouped and depthwise, with
+`fxforge.ops.build_node`: conv2d (kernel 1/3, stride 1/2, padding, grouped and depthwise, with
 and without bias), batch_norm, relu, relu6 (clamp), clamp, sigmoid, hardswish, gelu, add/mul of
 two values (residual adds, per-channel and scalar constants), cat along channels, max/avg
 pooling, adaptive average pooling, reshape/flatten, linear on flattened values and split. Every
-constant holds a real array (`ConstData`), made like `compiler.capture.Lowering.const` does.
+constant holds a real array (`ConstData`), made like `fxforge.capture.Lowering.const` does.
 Whole output channels of conv weights (weight[c] = 0 and bias[c] = 0) are zeroed with
 probability `zero_channel_prob` each. Nodes carry random provenance, hostile (newlines, quotes,
 '#', unicode, spaces, empty) with probability `hostile_prob`. Graph outputs are the last value
 plus a few random others, so graphs usually hold dead nodes too.
 
-Every generated graph passes `compiler.verify.verify` (the strategy checks it) and runs under
-`compiler.execute.run_reference` with finite results for the inputs of `random_inputs`.
+Every generated graph passes `fxforge.verify.verify` (the strategy checks it) and runs under
+`fxforge.execute.run_reference` with finite results for the inputs of `random_inputs`.
 """
 
 from __future__ import annotations

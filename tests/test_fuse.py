@@ -5,7 +5,7 @@ inference rejecting bad epilogues and steps; print/parse round trips and the ver
 through the pass on the reference and cpu targets against eager PyTorch; a property test on
 random graphs. Numerics: float32 rtol 1e-4 / atol 1e-5 against the unfused graph's reference;
 epilogues and elementwise chains are checked bit-exact on the reference, since a fused op rounds
-to the dtype each intermediate had (`compiler.ops.stage_types`).
+to the dtype each intermediate had (`fxforge.ops.stage_types`).
 """
 
 from __future__ import annotations

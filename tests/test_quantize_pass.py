@@ -3,7 +3,7 @@
 IR-text tests: small float graphs (as the float pipeline leaves them: fused_conv2d, plain conv2d,
 linear, cat, max_pool2d, reshape) with given calibration ranges, and the quantized IR the pass
 must make: which layers become qconv2d / qlinear with which activation parameters (computed here
-with `compiler.quant_math.qparams_from_range`, never copied from the output), which values flow
+with `fxforge.quant_math.qparams_from_range`, never copied from the output), which values flow
 as int8, where quantize / dequantize nodes go, and the stats. Constants print as their type only
 (their digests say nothing); the int8 weights and their scales are checked as arrays. Values the
 float graph had keep their names; values the pass made are renamed %0, %1, ... in order of

@@ -3,7 +3,7 @@
 GEMM and conv epilogues (`epilogue_lines`) and fused elementwise chains (`chain_lines`) are
 written from the IR's steps with this table, so an op's Triton form is written once. Float math
 runs in float32 and each step's result is rounded to the dtype the unfused graph holds there
-(`compiler.ops.stage_types`), as the numpy reference does. An op or attribute the table cannot
+(`fxforge.ops.stage_types`), as the numpy reference does. An op or attribute the table cannot
 express (pow, a NaN bound, a non-float dtype where math is needed) makes `supports_*` say no, and
 the node stays on the torch backend, listed in the report.
 
@@ -269,7 +269,7 @@ def chain_lines(inputs: Sequence[str], in_types: Sequence[TensorType], steps: Se
 class Epilogue:
     """The float epilogue of a linear / conv node: its IR steps (operand indices count from the
     node's first input), the type after the base op and after each step (`stages`, from
-    `compiler.ops.stage_types`), and the types of all the node's inputs. `Epilogue.none(t)`: no
+    `fxforge.ops.stage_types`), and the types of all the node's inputs. `Epilogue.none(t)`: no
     steps. Generators take the operands' tiles as `e<i>` for node input i (`operand_name`)."""
 
     steps: tuple = ()
