@@ -45,6 +45,7 @@ def _mount_source_subpackages() -> None:
 
 _mount_source_subpackages()
 
+from fxforge import zoo
 from fxforge.api import CompiledModel, compile
 from fxforge.errors import (
     CalibrationError,
@@ -86,4 +87,5 @@ __all__ = [
     "parse_ir",
     "prune_channels",
     "verify",
+    "zoo",
 ]

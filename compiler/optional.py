@@ -32,7 +32,7 @@ def require(module: str, needed_for: str) -> ModuleType:
     fails to import (a broken install, a missing dependency of its own) keeps its real error."""
     top = module.split(".")[0]
     try:
-        return importlib.import_module(module)
+        importlib.import_module(top)
     except ModuleNotFoundError as e:
         if e.name != top or top not in PACKAGES:
             raise
@@ -40,4 +40,5 @@ def require(module: str, needed_for: str) -> ModuleType:
         raise MissingDependencyError(
             f"{needed_for} needs {dist}, which is not installed: "
             f'pip install "fxforge[{extra}]"') from None
+    return importlib.import_module(module)
 
