@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from fxforge.kernels import int8_scheme
 
 Tensor = torch.Tensor
-# FXFORGE_INT8_ONEDNN=0 keeps every layer on the generic `_int_mm` path (to compare or debug).
+# FXFORGE_INT8_ONEDNN=0 keeps every layer on the generic path (to compare or debug).
 USE_ONEDNN = os.environ.get("FXFORGE_INT8_ONEDNN", "1") != "0"
 
 
