@@ -197,6 +197,34 @@ def test_compiled_cpu_int8_matches_reference_int8(model):
         assert np.allclose(g.numpy(), r, rtol=0, atol=tol)
 
 
+@pytest.fixture
+def fresh_scheme(monkeypatch):
+    """detect() probes again under this test's environment, and once more after it."""
+    int8_scheme.detect.cache_clear()
+    yield monkeypatch
+    monkeypatch.delenv("FXFORGE_INT8_SCHEME", raising=False)
+    int8_scheme.detect.cache_clear()
+
+
+def test_a_forced_generic_scheme_keeps_every_layer_off_onednn(fresh_scheme):
+    fresh_scheme.setenv("FXFORGE_INT8_SCHEME", "generic")
+    scheme = int8_scheme.detect()
+    assert scheme.name == "generic" and scheme.weight_bits == 8
+    w = np.full((8, 64), 63, dtype=np.int8)
+    assert not isinstance(_prepared("qlinear", w, _attrs(0)), ti._OnednnLayer)
+    assert "generic" in scheme.describe()
+
+
+def test_a_forced_scheme_this_cpu_cannot_run_exactly_is_refused(fresh_scheme):
+    fresh_scheme.setenv("FXFORGE_INT8_SCHEME", "fast-please")
+    with pytest.raises(ValueError, match="FXFORGE_INT8_SCHEME must be one of"):
+        int8_scheme.detect()
+    if not SCHEME.onednn_w8:
+        fresh_scheme.setenv("FXFORGE_INT8_SCHEME", "s8")
+        with pytest.raises(ValueError, match="not exact for it on this CPU"):
+            int8_scheme.detect()
+
+
 def test_cpu_int8_path_uses_no_deprecated_torch_api():
     """The path runs on plain int8 tensors (torch.ops.onednn, torch._int_mm), not on torch's
     quantized tensors, which warn that they are deprecated."""
