@@ -40,7 +40,8 @@ _TARGETS = [
     Target("cpu", "torch", "fp32", _FLOAT, "torch ops on the CPU (also runs CUDA tensors)"),
     Target("reference-int8", "reference", "int8", _INT8, "numpy interpreter of quantized IR"),
     Target("cpu-int8", "torch", "int8", _INT8,
-           "int8 arithmetic: oneDNN int8 kernels (torch.ops.onednn), torch._int_mm fallback"),
+           "int8 arithmetic: oneDNN int8 kernels where they sum exactly on this CPU (7-bit "
+           "weights without VNNI), else an exact generic path"),
     Target("cuda", "triton", "fp32", _CUDA,
            "generated Triton kernels (GEMM, NHWC conv, fused elementwise, norms), torch fallback"),
     Target("cuda-fp16", "triton", "fp16", _CUDA_FP16,
