@@ -13,7 +13,8 @@ Per layer shape (BERT-base linears at batch 32 x 128 tokens, ResNet-50/18 convol
 - `q+int8+f32`: the layer standing alone: quantize the float32 input, int8 layer, float32 out
   (for convolutions a channels-last float32 input, as int8 layers write it inside a model; an
   NCHW one would add an int8 NCHW -> NHWC transpose, about as costly as the quantize).
-- `generic`: the same standalone layer on the generic path (`torch._int_mm`, im2col).
+- `generic`: the same standalone layer on the generic path (`torch._int_mm` where it is exact
+  and fast here, else float32 K-slices; im2col for convolutions).
 
 Times print as "median (min)" in ms.
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fxforge.bench.timing import interleaved_samples
+from fxforge.kernels import int8_scheme
 from fxforge.kernels import torch_int8 as ti
 
 CPU = torch.device("cpu")
@@ -125,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.only != "bert":
         layers += resnet_layers(args.batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN int8 path: "
-          f"{ti.onednn_available(CPU)}; medians of {args.repeats} interleaved rounds (ms); "
-          "ratio = fp32 / variant, median of per-round ratios; (min) = fastest round")
+          f"{ti.onednn_available(CPU)}; int8 scheme {int8_scheme.detect().describe()}")
+    print(f"medians of {args.repeats} interleaved rounds (ms); ratio = fp32 / variant, median "
+          "of per-round ratios; (min) = fastest round")
     head = f"{'layer':<31}{'fp32':>16}"
     names = ["int8 i8->i8", "q+int8+f32"] + ([] if args.no_generic else ["generic"])
     for name in names:
