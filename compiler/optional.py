@@ -2,8 +2,10 @@
 
 The core (`pip install fxforge`) needs torch, numpy, triton, onnx, onnx-graphsurgeon and tqdm.
 Bundled models built from `transformers` or trained on scikit-learn's digits need the `zoo`
-extra; the benchmark harness needs `bench`. Every optional import goes through `require`, so a
-missing package says what to install instead of ending in a bare ModuleNotFoundError.
+extra; the benchmark harness needs `bench`. Every optional import that has no fallback goes
+through `require` (ONNX Runtime, jsonschema and threadpoolctl have one in the bench: a system
+reported as not installed, a lighter schema check, BLAS threads left alone), so a missing
+package says what to install instead of ending in a bare ModuleNotFoundError.
 """
 
 from __future__ import annotations

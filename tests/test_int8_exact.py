@@ -206,6 +206,12 @@ def fresh_scheme(monkeypatch):
     int8_scheme.detect.cache_clear()
 
 
+def test_weight_bits_other_than_7_or_8_are_refused():
+    m, example = zoo.build("mlp", 1)
+    with pytest.raises(ValueError, match="weight_bits must be one of"):
+        fxforge.compile(m, "cpu-int8", weight_bits=4)
+
+
 def test_a_forced_generic_scheme_keeps_every_layer_off_onednn(fresh_scheme):
     fresh_scheme.setenv("FXFORGE_INT8_SCHEME", "generic")
     scheme = int8_scheme.detect()
