@@ -9,8 +9,8 @@ out exact too, on the generic path where oneDNN would saturate).
 
 `test_everything_here_holds_with_onednn_capped_at_avx2` runs this module again in a process
 where ONEDNN_MAX_CPU_ISA=AVX2, so the AVX2-only path is checked on any x86 CPU. Tolerances:
-accumulators exact; int8 outputs within 1 LSB; float outputs of a compiled model within 0.1% of
-their largest magnitude (what 1-LSB differences of intermediate int8 values can add up to).
+accumulators exact; int8 outputs within 1 LSB; float outputs of a compiled model within 2% of
+their largest magnitude (what 1-LSB differences of intermediate int8 values add up to).
 """
 
 from __future__ import annotations
@@ -189,10 +189,13 @@ def test_compiled_cpu_int8_matches_reference_int8(model):
     ran = run_reference(fast.graph, [t.numpy() for t in example])
     assert len(got) == len(want) == len(ran)
     for g, w, r in zip(got, want, ran):
-        # usually bit-identical; an intermediate int8 value may differ by the 1 LSB the contract
-        # allows (oneDNN requantizes by multiplying with 1 / scale), which moves an output by
-        # far less than 0.1% of its range, while a saturating kernel moves it by percents
-        tol = 1e-3 * float(w.abs().max())
+        # Usually bit-identical. An intermediate int8 value may differ by the 1 LSB the contract
+        # allows (oneDNN requantizes by multiplying with 1 / scale, and its float rounding
+        # order varies from run to run), and such flips add up through the layers: up to 0.24%
+        # of the output's range was seen (resnet18, AVX2 cap). A saturating kernel is off by
+        # 8-20% (issue #13). The per-layer contract (exact accumulators, 1 LSB) is checked
+        # above; this checks the wiring: the same IR and weight bits, each backend's result.
+        tol = 2e-2 * float(w.abs().max())
         assert (g - w).abs().max() <= tol, (g - w).abs().max()
         assert np.allclose(g.numpy(), r, rtol=0, atol=tol)
 
