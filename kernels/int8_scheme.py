@@ -15,9 +15,9 @@ with the exact sum. What passes decides the scheme:
   `cpu-int8` quantizes weights to 7 bits (`w_bits=7` on each qlinear / qconv2d in the IR, so
   the reference computes the same thing) and keeps the fast kernels.
 - `generic`: neither (or no oneDNN in this torch build): every layer takes the generic path,
-  whose int32 accumulators come from `torch._int_mm` where the probe found it exact, else from
-  float32 GEMMs of the integer values split along K so that every partial sum stays below 2**24
-  (exact in float32 in any order).
+  whose int32 accumulators come from `torch._int_mm` where the probe found it exact and faster,
+  else from float32 GEMMs of the integer values split along K so that every partial sum stays
+  below 2**24 (exact in float32 in any order).
 
 `ONEDNN_MAX_CPU_ISA=AVX2` (read by oneDNN when it starts) makes a VNNI machine behave like an
 AVX2-only one: the tests use it to check the `s8-w7` path on any x86 CPU.
@@ -36,6 +36,7 @@ import torch
 # CPU flags (Linux /proc/cpuinfo names) that decide how oneDNN sums int8 products
 INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 W7_MAX = 63  # |w| <= 63: a pair of u8 x s7 products fits 16 bits
+SCHEMES = ("s8", "s8-w7", "generic")
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,17 @@ def _saturating_input(m: int, k: int) -> torch.Tensor:
     return x
 
 
+# unit scales, no bias, float32 out: the layer's output is its int32 accumulator itself
+UNIT_ATTRS = {"has_bias": False, "dynamic": False, "x_scale": 1.0, "x_zero_point": 0,
+              "out_dtype": "f32", "out_scale": None, "out_zero_point": 0, "epilogue": ()}
+
+
 def _linear_exact(w_max: int) -> bool:
     from fxforge.kernels import torch_int8 as ti
 
     for m, k, n in ((64, 64, 16), (128, 256, 48)):
         x, w = _saturating_input(m, k), _extreme_weights(n, k, w_max)
-        attrs = {"has_bias": False, "dynamic": False, "x_scale": 1.0, "x_zero_point": 0,
-                 "out_dtype": "f32", "out_scale": None, "out_zero_point": 0, "epilogue": ()}
+        attrs = dict(UNIT_ATTRS)
         layer = ti._OnednnLinear(w, attrs)
         y = layer(x, w, torch.ones(n), **attrs)
         exact = x.double() @ w.double().t()
@@ -128,10 +133,8 @@ def _conv_exact(w_max: int) -> bool:
         w = _extreme_weights(cout, cin // groups * kernel * kernel, w_max)
         w = w.reshape(cout, cin // groups, kernel, kernel)
         x = _saturating_input(2 * cin, 10 * 10).reshape(2, cin, 10, 10)
-        attrs = {"has_bias": False, "dynamic": False, "x_scale": 1.0, "x_zero_point": 0,
-                 "out_dtype": "f32", "out_scale": None, "out_zero_point": 0, "epilogue": (),
-                 "stride": (stride, stride), "padding": (1, 1), "dilation": (1, 1),
-                 "groups": groups}
+        attrs = {**UNIT_ATTRS, "stride": (stride, stride), "padding": (1, 1),
+                 "dilation": (1, 1), "groups": groups}
         layer = ti._OnednnConv(w, torch.ones(cout), attrs)
         y = layer(x, w, torch.ones(cout), **attrs)
         exact = torch.nn.functional.conv2d(x.double(), w.double(), None, stride, 1, 1, groups)
@@ -191,8 +194,6 @@ def detect() -> Int8Scheme:
     return Int8Scheme(name, 7 if name == "s8-w7" else 8, w8, w7, int_mm, cpu_description(),
                       _isa_cap())
 
-
-SCHEMES = ("s8", "s8-w7", "generic")
 
 
 def onednn_takes(weight: torch.Tensor) -> bool:
