@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import operator
 import re
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from fxforge.aten import CONVERTERS, IGNORED, Unconvertible
 from fxforge.errors import CaptureError, UnsupportedModelError
 from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
 from fxforge.kernels import opaque
+from fxforge.shadow import ShadowTree
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,20 @@ def sanitize_name(name: str) -> str:
 # Export
 
 
+_ITEM_HINT = ("the model turns a tensor into a Python number (.item(), int(t), float(t)); keep "
+              "it a tensor (x * x.max() instead of x * x.max().item())")
 _HINTS = [
     (("data-dependent", "GuardOnDataDependent"),
      "the model branches on tensor values (e.g. `if x.sum() > 0`); make the branch depend only "
      "on shapes, or express it with torch.where / torch.cond"),
-    (("item()", "_local_scalar_dense", "Tensor.item"),
-     "the model turns a tensor into a Python number (.item(), int(t), float(t)); keep it a tensor"),
+    (("item()", "_local_scalar_dense", "Tensor.item"), _ITEM_HINT),
     (("numpy",), "the model calls .numpy() or numpy functions on tensors; use torch ops instead"),
 ]
 
 
-def _module_in_traceback(model: torch.nn.Module, exc: BaseException) -> str | None:
-    """The module path of the innermost forward of `model`'s submodules in the traceback."""
-    paths = {id(m): name for name, m in model.named_modules()}
+def _module_in_traceback(tree: ShadowTree, exc: BaseException) -> str | None:
+    """The module path of the innermost forward of the model's submodules in the traceback."""
+    paths = {id(m): tree.real_names(name) for name, m in tree.root.named_modules()}
     found = None
     tb = exc.__traceback__
     while tb is not None:
@@ -85,15 +89,15 @@ def _module_in_traceback(model: torch.nn.Module, exc: BaseException) -> str | No
     return found
 
 
-def capture_error(model: torch.nn.Module, exc: BaseException) -> CaptureError:
-    text = str(exc).strip()
+def capture_error(tree: ShadowTree, model_name: str, exc: BaseException) -> CaptureError:
+    text = tree.real_names(str(exc).strip())
     first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
-    where = _module_in_traceback(model, exc)
+    where = _module_in_traceback(tree, exc)
     hint = next((h for keys, h in _HINTS if any(k in text or k in type(exc).__name__
                                                    for k in keys)),
                 "see the torch.export error above; common causes are Python side effects, "
                 "data-dependent control flow and non-tensor outputs torch cannot trace")
-    message = (f"torch.export could not capture {type(model).__name__}: "
+    message = (f"torch.export could not capture {model_name}: "
                f"{type(exc).__name__}: {first}")
     if where:
         message += f"\n  in module {where}"
@@ -101,20 +105,23 @@ def capture_error(model: torch.nn.Module, exc: BaseException) -> CaptureError:
     return CaptureError(message)
 
 
-def export(model: torch.nn.Module, args: tuple, kwargs: dict) -> ExportedProgram:
-    """torch.export in inference mode, functionalized. Leaves the model's flags as they were."""
-    flags = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-            program = torch.export.export(model, args, kwargs, strict=False)
-            return program.run_decompositions({})
-    except Exception as exc:
-        raise capture_error(model, exc) from exc
-    finally:
-        for module, training in flags.items():
-            module.training = training
+# torch.export keeps global state (fake modes, dynamo config) while it traces: one at a time.
+_EXPORT_LOCK = threading.RLock()
+
+
+def export(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[ExportedProgram, ShadowTree]:
+    """torch.export in inference mode, functionalized, of a shadow of `model` (see
+    `fxforge.shadow`): the user's module, its flags and its tensors are never touched."""
+    tree = ShadowTree(model)
+    with _EXPORT_LOCK:
+        try:
+            tree.root.eval()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+                program = torch.export.export(tree.root, args, kwargs, strict=False)
+                return program.run_decompositions({}), tree
+        except Exception as exc:
+            raise capture_error(tree, type(model).__name__, exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +129,9 @@ def export(model: torch.nn.Module, args: tuple, kwargs: dict) -> ExportedProgram
 
 
 def _tensor_type(val: Any, where: str) -> TensorType:
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)):
+        raise CaptureError(f"{where}: produces a Python number ({type(val).__name__}), which a "
+                           f"compiled graph cannot hold\n  hint: {_ITEM_HINT}")
     if not isinstance(val, torch.Tensor):
         raise CaptureError(f"{where}: expected a tensor, found {type(val).__name__}")
     try:
@@ -133,7 +143,8 @@ def _tensor_type(val: Any, where: str) -> TensorType:
 class Lowering:
     """Builds the IR for one exported program; the context that converters talk to."""
 
-    def __init__(self) -> None:
+    def __init__(self, real_names: Callable[[str], str] = str) -> None:
+        self.real_names = real_names  # module paths as the user named them (see shadow.py)
         self.nodes: list[Node] = []
         self.env: dict[torch.fx.Node, Any] = {}
         self.names = NameGenerator()
@@ -150,7 +161,7 @@ class Lowering:
             return Provenance()
         stack = n.meta.get("nn_module_stack") or {}
         module = list(stack.values())[-1][0] if stack else ""
-        return Provenance(str(module), opaque.target_name(n.target))
+        return Provenance(self.real_names(str(module)), opaque.target_name(n.target))
 
     def value(self, arg: Any) -> Value:
         found = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
@@ -279,9 +290,9 @@ def _state_tensor(program: ExportedProgram, target: str) -> torch.Tensor:
     return program.constants[target]
 
 
-def to_ir(program: ExportedProgram) -> Captured:
+def to_ir(program: ExportedProgram, real_names: Callable[[str], str] = str) -> Captured:
     """Lower an exported program. Placeholders become graph inputs or constants."""
-    low = Lowering()
+    low = Lowering(real_names)
     signature = program.graph_signature
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
     inputs: list[Value] = []
@@ -309,10 +320,11 @@ def to_ir(program: ExportedProgram) -> Captured:
                 array = tensor.detach().cpu().contiguous().numpy().copy()
             except TypeError as e:
                 raise CaptureError(
-                    f"{spec.kind.name.lower()} {spec.target}: {e}; fxforge holds weights as "
-                    "numpy arrays (bfloat16 is not supported)") from None
+                    f"{spec.kind.name.lower()} {real_names(spec.target)}: {e}; fxforge holds "
+                    "weights as numpy arrays (bfloat16 is not supported)") from None
             source = spec.kind.name.lower()
-            low.env[node] = low.const(array, node.name, Provenance(spec.target or "", source))
+            provenance = Provenance(real_names(spec.target or ""), source)
+            low.env[node] = low.const(array, node.name, provenance)
         else:
             raise UnsupportedModelError(f"input {node.name} of kind {spec.kind.name} is not "
                                         "supported (custom objects, tokens)")
@@ -338,9 +350,9 @@ def to_ir(program: ExportedProgram) -> Captured:
     for arg, spec in zip(output_node.args[0], signature.output_specs):
         if spec.kind != OutputKind.USER_OUTPUT:
             raise UnsupportedModelError(
-                f"forward mutates {spec.target!r} ({spec.kind.name}); a compiled inference graph "
-                "cannot update model state. Move the update out of forward, or compile a "
-                "wrapper that does not perform it")
+                f"forward mutates {real_names(spec.target)!r} ({spec.kind.name}); a compiled "
+                "inference graph cannot update model state. Move the update out of forward, or "
+                "compile a wrapper that does not perform it")
         if isinstance(arg, torch.fx.Node) and isinstance(low.env.get(arg), Value):
             leaves.append(("value", len(graph_outputs)))
             graph_outputs.append(low.env[arg])
@@ -354,9 +366,9 @@ def to_ir(program: ExportedProgram) -> Captured:
 
 def capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     start = time.perf_counter()
-    program = export(model, args, kwargs)
+    program, tree = export(model, args, kwargs)
     middle = time.perf_counter()
-    captured = to_ir(program)
+    captured = to_ir(program, tree.real_names)
     if model.training:
         captured.warnings.insert(0, "the model is in training mode; it was compiled for "
                                     "inference, as after model.eval() (dropout off, batch norm "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -170,6 +171,19 @@ def canonical_attr(value: Any) -> Any:
     raise TypeError(f"attribute value of type {type(value).__name__} is not allowed: {value!r}")
 
 
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
+
+
+def printable(text: str) -> str:
+    """`text` with control, format (bidi), line-separator and private characters escaped
+    (`\\r`, `\\u2028`): model-derived names go into messages and reports, where such characters
+    would break lines, rewrite what is shown or hide text."""
+    if text.isprintable():
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in _INVISIBLE else c for c in text)
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a node came from: the module path (`layer1.0.conv1`) and the source op."""
@@ -178,7 +192,7 @@ class Provenance:
     source: str = ""
 
     def describe(self) -> str:
-        where = self.module or "<top>"
+        where = printable(self.module) or "<top>"
         return f"{where} ({self.source})" if self.source else where
 
 

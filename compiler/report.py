@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxforge import ops
 from fxforge.capture import Fallback
-from fxforge.ir import Graph
+from fxforge.ir import Graph, printable
 from fxforge.pipeline import PassRecord
 
 if TYPE_CHECKING:
@@ -125,7 +125,8 @@ class Report:
             lines += ["", *kernel_lines(r.kernels)]
         for w in r.warnings:
             lines.append(f"warning: {w}")
-        return "\n".join(lines)
+        # names come from the model: no character of theirs may break or rewrite a line
+        return "\n".join(printable(line) for line in lines)
 
 
 def quantization_lines(q: QuantAnalysis) -> list[str]:
