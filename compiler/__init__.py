@@ -54,6 +54,7 @@ from fxforge.errors import (
     ExecutionError,
     FxforgeError,
     InputError,
+    OptionError,
     PipelineError,
     UnsupportedModelError,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "IRVerificationError",
     "InputError",
     "Node",
+    "OptionError",
     "PassManager",
     "PipelineError",
     "TensorType",

@@ -4,11 +4,16 @@ The compiled model keeps the user's module only to read its forward signature an
 again for a new input signature; it never modifies it (training flags are restored after export,
 weights are copied into the IR). Calls are matched on their input signature (tree structure,
 shapes, dtypes and non-tensor values): one capture per signature, cached.
+
+Threads: a compiled model may be called from many threads at once. The first call of a new
+signature captures under the model's lock while the others wait for it (then find the entry);
+calls of a known signature take no lock (programs keep no per-call state).
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +25,19 @@ import torch.utils._pytree as pytree
 
 from fxforge import dtypes
 from fxforge.capture import Captured, capture
-from fxforge.errors import InputError
+from fxforge.errors import InputError, OptionError
 from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph
 from fxforge.kernels import int8_scheme
 from fxforge.pipeline import DebugOptions, PassManager, parse_pipeline
 from fxforge.quant_math import WEIGHT_BITS
-from fxforge.quantization import Quantization, QuantOptions
+from fxforge.quantization import (
+    Quantization,
+    QuantOptions,
+    check_keep_float,
+    check_keep_float_names,
+    check_min_sqnr,
+)
 from fxforge.report import CompileRecord, Report, count_flops, count_params
 from fxforge.targets import Target, get_target
 
@@ -94,6 +105,7 @@ class CompiledModel:
             if target.backend == "torch":
                 self.report.int8 += f"; this CPU's scheme: {int8_scheme.detect().describe()}"
         self._entries: dict[tuple, _Entry] = {}
+        self._lock = threading.RLock()  # one capture at a time; see the module docstring
         self._latest: _Entry | None = None
         self._fixed = False  # True when compiled for example_inputs only
         try:
@@ -170,6 +182,11 @@ class CompiledModel:
         if key is None:
             args, kwargs = self._bind(args, kwargs)
             key, _ = self._key(args, kwargs)
+        with self._lock:
+            entry = self._entries.get(key)  # another thread may have captured it meanwhile
+            return entry if entry is not None else self._capture_entry(args, kwargs, key)
+
+    def _capture_entry(self, args: tuple, kwargs: dict, key: tuple) -> _Entry:
         if self._quant is not None:
             self._quant.prepare(n_inputs=len(args))
             self._manager.options["quantize"] = self._quant.pass_options()
@@ -177,6 +194,8 @@ class CompiledModel:
         if self._quant is not None and not kwargs:
             captured = self._quant.captured_for(args)
         captured = captured or capture(self._model, args, kwargs)
+        if self._quant is not None:
+            check_keep_float_names(self._quant.options.keep_float, captured.graph)
         names = self._leaf_names(args, kwargs)
         signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
         subdir = "" if not self._entries else f"capture-{len(self._entries) + 1}"
@@ -291,8 +310,8 @@ def output_names(captured: Captured) -> list[str]:
 def _weight_bits(target: Target, asked: int | None) -> int:
     if asked is None:
         return int8_scheme.detect().weight_bits if target.backend == "torch" else 8
-    if asked not in WEIGHT_BITS:
-        raise ValueError(f"weight_bits must be one of {WEIGHT_BITS}, got {asked!r}")
+    if type(asked) is not int or asked not in WEIGHT_BITS:
+        raise OptionError(f"weight_bits must be one of {WEIGHT_BITS}, got {asked!r}")
     return asked
 
 
@@ -338,12 +357,11 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
                      or weight_bits is not None):
         warnings.warn(f"calibration, min_sqnr, keep_float and weight_bits are only used by int8 "
                       f"targets; target {target!r} ignores them", stacklevel=2)
-    if isinstance(keep_float, str):
-        keep_float = (keep_float,)
     quant = None
     if int8:
-        quant = QuantOptions(calibration, calibration_method, percentile, min_sqnr,
-                             tuple(keep_float), weight_bits=_weight_bits(info, weight_bits))
+        quant = QuantOptions(calibration, calibration_method, percentile,
+                             check_min_sqnr(min_sqnr), check_keep_float(keep_float),
+                             weight_bits=_weight_bits(info, weight_bits))
     pipeline = info.pipeline if passes is None else parse_pipeline(passes)
     compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
     if example_inputs is not None:

@@ -28,6 +28,7 @@ levels) always has at least one bin per quantization level. Cost: 32 KiB per act
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,7 +75,14 @@ def iter_samples(data: Any, n_inputs: int | None) -> Iterator[tuple[torch.Tensor
 
 def _samples(items: Iterator, n_inputs: int | None, kind: str) -> Iterator[tuple]:
     count = 0
-    for index, item in enumerate(items):
+    for index in itertools.count():
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except Exception as e:  # the user's loader failed: say so, typed, naming the sample
+            raise CalibrationError(f"calibration data ({kind}) raised {type(e).__name__} while "
+                                   f"producing sample {index}: {e}") from e
         yield _as_sample(item, index, n_inputs)
         count += 1
     if count == 0:

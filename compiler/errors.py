@@ -38,3 +38,7 @@ class DeviceUnavailableError(FxforgeError, RuntimeError):
 
 class MissingDependencyError(FxforgeError, ImportError):
     """An optional package a feature needs is not installed; the message names the extra."""
+
+
+class OptionError(FxforgeError, ValueError):
+    """A `compile()` option with a value it cannot take; the message names the option."""

@@ -18,8 +18,10 @@ and end to end: SQNR, cosine similarity and max abs error of each model output.
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +30,10 @@ import torch.utils._pytree as pytree
 
 from fxforge.calibration import ActivationStats, check_method, iter_samples
 from fxforge.capture import Captured, capture
-from fxforge.errors import CalibrationError, FxforgeError
+from fxforge.errors import CalibrationError, FxforgeError, OptionError
 from fxforge.execute import TorchProgram
 from fxforge.ir import Graph, Node
-from fxforge.passes.quantize import quantize_graph
+from fxforge.passes.quantize import QUANTIZABLE, keeps, layer_names, quantize_graph
 from fxforge.pipeline import DebugOptions, PassManager
 
 
@@ -100,6 +102,53 @@ def as_float(t: torch.Tensor, node: Node | None) -> torch.Tensor:
     return (t.to(torch.int32) - q.zero_point[0]).float() * q.scale[0]
 
 
+def check_min_sqnr(value: Any) -> float | None:
+    """None, or a finite number of dB (a string, a list or NaN would fail, or be ignored, only
+    after calibration has run)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise OptionError(f"min_sqnr={value!r}: expected a finite number of dB (e.g. 30) or None")
+    return float(value)
+
+
+def check_keep_float(value: Any) -> tuple[str, ...]:
+    """keep_float as a tuple of names: None means none, one string means that one name."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise OptionError(f"keep_float={value!r}: expected module paths (a list of "
+                          "strings) or None") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise OptionError(f"keep_float: {bad[0]!r} is not a string; give module paths such as "
+                          "'encoder.layer.0.attention'")
+    return names
+
+
+def check_keep_float_names(names: Iterable[str], graph: Graph) -> None:
+    """Every keep_float name must name a layer of `graph` (see `passes.quantize.layer_names`),
+    a module holding layers, or a value: a typo would otherwise quantize the very layer the
+    user meant to protect, without a word."""
+    per_layer = [layer_names(graph, n) for n in graph.nodes if n.op in QUANTIZABLE]
+    values = {v.name for n in graph.nodes for v in n.outputs}
+    unknown = [k for k in names if k not in values and not any(keeps((k,), ns)
+                                                                 for ns in per_layer)]
+    if not unknown:
+        return
+    modules = sorted({name for ns in per_layer for name in ns if name not in values})
+    lines = [f"  {k!r}: closest layers: "
+             f"{', '.join(difflib.get_close_matches(k, modules, n=5, cutoff=0.4)) or '(none)'}"
+             for k in unknown]
+    shown = ", ".join(modules[:20]) + (" ..." if len(modules) > 20 else "")
+    raise OptionError("keep_float names no layer of the model:\n" + "\n".join(lines)
+                      + f"\n  its quantizable layers: {shown or '(none)'}")
+
+
 class Quantization:
     def __init__(self, model: torch.nn.Module, options: QuantOptions,
                  float_pipeline: Sequence[str], debug: DebugOptions):
@@ -114,6 +163,7 @@ class Quantization:
         self._graphs: dict[tuple, tuple[Captured, Graph]] = {}
         self._eval: list[tuple] = []
         self._prepared = False
+        self._failure: FxforgeError | None = None  # see prepare()
 
     # --- calibration ---
 
@@ -138,6 +188,8 @@ class Quantization:
             except FxforgeError as e:
                 raise CalibrationError(f"calibration sample {index} does not fit the model: "
                                        f"{e}") from e
+            if not self._graphs:  # a keep_float typo fails before calibration runs
+                check_keep_float_names(self.options.keep_float, captured.graph)
             self._graphs[key] = (captured, graph)
         return self._graphs[key]
 
@@ -147,10 +199,30 @@ class Quantization:
         return [leaves[i] for i in captured.input_leaves]
 
     def prepare(self, n_inputs: int | None) -> None:
-        """Calibrate (once) and decide what stays float; then `pass_options` is ready."""
+        """Calibrate (once) and decide what stays float; then `pass_options` is ready.
+
+        A calibration that failed stays failed: every later call raises the same error rather
+        than compiling with dynamic quantization, which would change the model's numbers without
+        a word (the data may be a one-shot iterator, so it cannot be read again)."""
+        if self._failure is not None:
+            raise type(self._failure)(
+                f"calibration failed earlier, so this model has no int8 ranges; compile it "
+                f"again with good data and options. The error was: {self._failure}"
+            ) from self._failure
         if self._prepared:
             return
+        try:
+            self._calibrate(n_inputs)
+        except Exception as e:
+            self.ranges, self.analysis, self._eval = None, None, []
+            if isinstance(e, FxforgeError):
+                self._failure = e
+                raise
+            self._failure = CalibrationError(f"calibration failed: {type(e).__name__}: {e}")
+            raise self._failure from e
         self._prepared = True
+
+    def _calibrate(self, n_inputs: int | None) -> None:
         data = self.options.calibration
         if data is None:
             return

@@ -30,13 +30,23 @@ class OpaqueOpError(ValueError):
 
 
 def resolve(target: str) -> torch._ops.OpOverload:
-    if not _TARGET.fullmatch(target):
+    """The operator overload `target` names, and nothing else: the name must be one of the
+    namespace's registered operators and the overload one of its registered overloads, so a
+    target such as `aten.__dict__.__setitem__` (an attribute of the namespace object, not an
+    operator) is refused before anything is looked up on it."""
+    if not isinstance(target, str) or not _TARGET.fullmatch(target):
         raise OpaqueOpError(f"torch_op target {target!r} is not of the form aten.name.overload")
     namespace, name, overload = target.split(".")
+    if name.startswith("__") or overload.startswith("__"):
+        raise OpaqueOpError(f"torch_op target {target!r} is not an operator")
     try:
-        return getattr(getattr(getattr(torch.ops, namespace), name), overload)
-    except (AttributeError, RuntimeError):
+        torch._C._get_schema(f"{namespace}::{name}", "" if overload == "default" else overload)
+    except RuntimeError:
         raise OpaqueOpError(f"torch has no op {target!r}") from None
+    op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
+    if not isinstance(op, torch._ops.OpOverload):
+        raise OpaqueOpError(f"torch_op target {target!r} is not an operator overload")
+    return op
 
 
 def target_name(op: Any) -> str:
@@ -70,22 +80,36 @@ def encode(arg: Any, tensor_index: Callable[[Any], int | None]) -> Any:
 
 
 def decode(value: Any, tensors: Sequence[torch.Tensor], device: torch.device) -> Any:
+    """An attribute value -> the python/torch argument; anything malformed (IR text is input
+    like any other) is an OpaqueOpError, not a KeyError or IndexError from deep inside."""
     if isinstance(value, tuple):
         return [decode(v, tensors, device) for v in value]
     if isinstance(value, dict):
+        if len(value) != 1:
+            raise OpaqueOpError(f"an encoded argument has one key, got {sorted(value)!r}")
         (key, inner), = value.items()
-        if key == "$input":
-            return tensors[inner]
-        if key == "$dtype":
-            return dtypes.to_torch(inner)
-        if key == "$device":
-            return device  # run where the inputs are, not where the model was captured
-        if key == "$memory_format":
-            return _MEMORY_FORMATS[inner]
-        if key == "$layout":
-            return _LAYOUTS[inner]
-        raise OpaqueOpError(f"unknown encoded argument {key!r}")
+        try:
+            return _decode_tagged(key, inner, tensors, device)
+        except (KeyError, IndexError, TypeError, dtypes.DTypeError):
+            raise OpaqueOpError(f"bad encoded argument {{{key!r}: {inner!r}}}") from None
     return value
+
+
+def _decode_tagged(key: str, inner: Any, tensors: Sequence[torch.Tensor],
+                   device: torch.device) -> Any:
+    if key == "$input":
+        if type(inner) is not int or not 0 <= inner < len(tensors):
+            raise IndexError(inner)
+        return tensors[inner]
+    if key == "$dtype":
+        return dtypes.to_torch(inner)
+    if key == "$device":
+        return device  # run where the inputs are, not where the model was captured
+    if key == "$memory_format":
+        return _MEMORY_FORMATS[inner]
+    if key == "$layout":
+        return _LAYOUTS[inner]
+    raise OpaqueOpError(f"unknown encoded argument {key!r}")
 
 
 def call_on_tensors(target: str, args: Any, kwargs: Any, tensors: Sequence[torch.Tensor],

@@ -316,7 +316,14 @@ def _handler(a: ChannelAnalysis, node: Node):
 
 
 def analyze(graph: Graph) -> ChannelAnalysis:
-    """Propagate channel constants and build spaces, links, sources and sinks."""
+    """Propagate channel constants and build spaces, links, sources and sinks. NaN stands for
+    "not a known constant"; inf weights (or eps=0 over a zero variance) make more of them, which
+    only keeps channels, so numpy's warnings about them are silenced."""
+    with np.errstate(all="ignore"):
+        return _analyze(graph)
+
+
+def _analyze(graph: Graph) -> ChannelAnalysis:
     a = ChannelAnalysis(graph)
     for v in graph.inputs:
         a.track(v)

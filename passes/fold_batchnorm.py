@@ -6,7 +6,8 @@
 The fold needs the producer's weight (and bias) to be constants and the producer's result to be
 read only by this batch norm. The folded weights are new constants computed in float64: a
 weight shared with another consumer keeps its old value there. A batch norm that cannot fold
-becomes a per-channel `mul` and `add` (which later fuse), and the pass says why it stayed.
+becomes a per-channel `mul` and `add` (which later fuse), and the pass says why it stayed. One
+whose scale or shift is not finite (eps=0 over a zero variance) stays as it is.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def _scale_shift(bn: Node, rw: Rewriter) -> tuple[np.ndarray, np.ndarray] | None
     if any(a is None for a in arrays):
         return None
     gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
-    scale = gamma / np.sqrt(var + bn.attrs["eps"])
-    return scale, beta - mean * scale
+    with np.errstate(all="ignore"):  # eps=0 over a zero variance: checked by the caller
+        scale = gamma / np.sqrt(var + bn.attrs["eps"])
+        return scale, beta - mean * scale
 
 
 def _why_not_foldable(bn: Node, producer: Node | None, rw: Rewriter) -> str | None:
@@ -81,6 +83,13 @@ def fold_batchnorm(graph: Graph) -> tuple[Graph, dict]:
         params = _scale_shift(node, rw)
         if params is None:
             left.append(f"{name}: its parameters are not constants")
+            rw.add(node)
+            continue
+        if not all(np.isfinite(p).all() for p in params):
+            # eps=0 over a zero variance: eager divides by zero at run time, and so does the
+            # batch norm left as it is; folded, it would plant inf/NaN weights in the layer
+            left.append(f"{name}: its scale / shift are not finite (eps={node.attrs['eps']:g} "
+                        "and a zero variance?)")
             rw.add(node)
             continue
         producer = rw.producer(node.inputs[0])

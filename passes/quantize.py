@@ -17,7 +17,7 @@ The semantics of the quantized ops are in docs/quantized-ir.md. Decisions this p
   reason, so the report says where precision and time go.
 - Kept in float, and listed with the reason: layers with too little work to gain from int8
   (fewer than `MIN_DOT` products per output: e.g. a depthwise 3x3 conv), non-constant weights,
-  layers named in `keep_float` (by result name or module path), and everything that is not a
+  layers named in `keep_float` (see `layer_names`), and everything that is not a
   conv or linear (attention matmuls, norms, pooling that averages).
 
 The quantized node keeps the float node's result name when it outputs float, so the IR still
@@ -60,6 +60,27 @@ def _layer_base(node: Node) -> tuple[bool, tuple, list[tuple[int, Value]]]:
     return node.attrs["has_bias"], epilogue, operands
 
 
+def layer_names(graph: Graph, node: Node) -> set[str]:
+    """The names `keep_float` can give a layer by: its result, its module path and, when its
+    weight is a parameter, the module owning it (nn.MultiheadAttention runs its out_proj inside
+    its own forward, so only the weight's path says `attn.out_proj`)."""
+    names = {node.outputs[0].name}
+    if node.provenance.module:
+        names.add(node.provenance.module)
+    producer = graph.producers.get(node.inputs[1].name) if len(node.inputs) > 1 else None
+    if producer is not None and producer.op == "const" \
+            and producer.provenance.source == "parameter":
+        owner = producer.provenance.module.rpartition(".")[0]
+        if owner:
+            names.add(owner)
+    return names
+
+
+def keeps(keep: Iterable[str], names: Iterable[str]) -> bool:
+    """A keep_float entry keeps a layer it names, and every layer inside a module it names."""
+    return any(n == k or n.startswith(k + ".") for k in keep for n in names)
+
+
 class _Quantizer:
     def __init__(self, graph: Graph, ranges: Mapping[str, Range] | None,
                  keep_float: Iterable[str], weight_bits: int):
@@ -86,11 +107,14 @@ class _Quantizer:
         """Why `node` stays float; None when it is quantized."""
         if node.op not in QUANTIZABLE:
             return "not a conv or linear"
-        name, module = node.outputs[0].name, node.provenance.module
-        if name in self.keep or (module and module in self.keep):
+        if self.keep and keeps(self.keep, layer_names(self.graph, node)):
             return "kept in float on request (keep_float / min_sqnr)"
-        if self.graph.constant(node.inputs[1]) is None:
+        weight = self.graph.constant(node.inputs[1])
+        if weight is None:
             return "weight is not a constant"
+        bias = self.graph.constant(node.inputs[2]) if len(node.inputs) > 2 else None
+        if not np.isfinite(weight).all() or (bias is not None and not np.isfinite(bias).all()):
+            return "its weight or bias has inf/NaN values, which int8 cannot hold"
         if node.inputs[0].type.dtype != "f32" or node.inputs[1].type.dtype != "f32":
             return "not float32"
         if _dot_length(node) < MIN_DOT:
