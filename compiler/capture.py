@@ -28,7 +28,7 @@ from fxforge.aten import CONVERTERS, IGNORED, Unconvertible
 from fxforge.errors import CaptureError, UnsupportedModelError
 from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
 from fxforge.kernels import opaque
-from fxforge.shadow import ShadowTree
+from fxforge.shadow import ShadowTree, flat_inputs
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,15 @@ def capture_error(tree: ShadowTree, model_name: str, exc: BaseException) -> Capt
 _EXPORT_LOCK = threading.RLock()
 
 
-def export(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[ExportedProgram, ShadowTree]:
+def export(model: torch.nn.Module, args: tuple, kwargs: dict
+           ) -> tuple[ExportedProgram, ShadowTree]:
     """torch.export in inference mode, functionalized, of a shadow of `model` (see
     `fxforge.shadow`): the user's module, its flags and its tensors are never touched."""
     tree = ShadowTree(model)
     with _EXPORT_LOCK:
         try:
             tree.root.eval()
+            args, kwargs = flat_inputs(tree.root, args, kwargs)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
                 program = torch.export.export(tree.root, args, kwargs, strict=False)

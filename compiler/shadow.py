@@ -13,6 +13,11 @@ Why not export the user's module itself:
   while it traces, and flips training flags. Done on the shadow, none of that touches the
   user's module, whatever fails half-way and however many threads capture at once.
 
+Input structures are names too: torch writes the path of every input (`batch['<key>']`) into
+the guard code it executes. When a dict key (or attribute name) on an input's path is not a safe
+name, `flat_inputs` gives the shadow a forward that takes the flat list of leaves and rebuilds
+the user's structure inside, so torch sees positional inputs only.
+
 The shadow shares the user's tensors (no weights are copied) and, for every module, has its own
 `__dict__` and its own dicts of parameters, buffers, submodules and hooks. A forward that looks a
 child up by its real name (`getattr(self, name)`, `self._modules[name]`) still finds it: the
@@ -22,10 +27,12 @@ renamed dicts answer to the real names too.
 from __future__ import annotations
 
 import re
+import types
 from collections import OrderedDict
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 _SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 _ALIAS = re.compile(r"fxforge_alias[0-9]+_")
@@ -112,3 +119,34 @@ class ShadowTree:
         if isinstance(renamed, _AliasDict):
             return renamed.aliases.get(name, name)
         return name
+
+
+def _safe_key(key: Any) -> bool:
+    if isinstance(key, pytree.SequenceKey):
+        return True
+    if isinstance(key, pytree.MappingKey):
+        k = key.key
+        return (isinstance(k, int) and not isinstance(k, bool)) or (
+            isinstance(k, str) and is_safe_name(k))
+    if isinstance(key, pytree.GetAttrKey):
+        return is_safe_name(key.name)
+    return False
+
+
+def flat_inputs(root: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The inputs to export `root` with. Unchanged when every key on every input's path is a
+    safe name; otherwise the flat leaves, with `root` (a shadow) given a forward that rebuilds
+    the structure, so no key reaches torch's generated code. The leaves are in the order of
+    `pytree.tree_flatten((args, kwargs))` either way, so the graph's inputs map to the same
+    call leaves."""
+    paths, spec = pytree.tree_flatten_with_path((args, kwargs))
+    if all(_safe_key(key) for path, _ in paths for key in path[1:]):
+        return args, kwargs
+    forward = type(root).forward
+
+    def flat_forward(self: torch.nn.Module, *leaves: Any) -> Any:
+        inner_args, inner_kwargs = pytree.tree_unflatten(list(leaves), spec)
+        return forward(self, *inner_args, **inner_kwargs)
+
+    root.__dict__["forward"] = types.MethodType(flat_forward, root)
+    return tuple(leaf for _, leaf in paths), {}

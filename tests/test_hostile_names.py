@@ -131,6 +131,36 @@ def test_the_reported_injection_with_each_line_break(sep, canary):
     assert list(model._modules) == [name]  # the user's model keeps its names
 
 
+class DictInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, batch, scale=1, **extra):
+        out = sum(self.fc(t) for t in batch.values()) * scale
+        return {key: out + t for key, t in extra.items()}
+
+
+@pytest.mark.parametrize("target", ["cpu", "reference"])
+def test_hostile_keys_of_input_and_output_dicts(target, canary):
+    # torch writes input paths (`batch['<key>']`) into guard code it executes: this key closed
+    # the string and ran `open` on every compile
+    keys = [f'") or open({canary!r},"w") or ("', f"') or open({canary!r},'w') or ('",
+            "a\rb", "ü", "x" * 300]
+    model = DictInput()
+    batch = {k: torch.randn(2, 4) for k in keys}
+    extra = {f"o{i}{k}": torch.randn(2, 4) for i, k in enumerate(keys[:3])}
+    before = snapshot(model)
+    fast = compile(model, target)
+    got = fast(batch, 3, **extra)
+    want = model(batch, 3, **extra)
+    assert list(got) == list(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=RTOL, atol=ATOL)
+    assert_untouched(model, before)
+    assert "forward" not in model.__dict__  # the flat forward lives on the shadow only
+
+
 def test_triton_sources_never_hold_a_name(canary):
     from fxforge.kernels.triton import jit
 
