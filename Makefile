@@ -27,8 +27,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
+# The property tests and the hostile-input fuzzers (IR parser, verifier, dump loader, autotune
+# cache) with 50x the examples `make test` gives them.
+FUZZED := tests/test_pass_properties.py tests/test_hostile_ir.py tests/test_hostile_dumps.py \
+	tests/test_hostile_autotune_cache.py
 test-long: $(STAMP)
-	FXFORGE_PROPERTY_EXAMPLES=2000 $(PY) -m pytest -q -n 2 tests/test_pass_properties.py
+	FXFORGE_PROPERTY_EXAMPLES=2000 $(PY) -m pytest -q -n 2 $(FUZZED)
 
 bench: $(STAMP)
 	$(PY) -m fxforge bench

@@ -13,7 +13,8 @@ environment and the CLI:
 | verify after each pass | `verify_each=True`      | `FXFORGE_VERIFY`        | `--verify`       |
 
 Dumps are `00-input.ir`, `01-<pass>.ir`, ... with constants elided to digests, plus
-`constants.npz` (keyed by digest, loadable without pickle) so `load_dump` restores runnable IR.
+`constants.npz` (keyed by digest, loadable without pickle) so `load_dump` restores runnable IR;
+`fxforge/dumps.py` says how dumps are written and read safely.
 """
 
 from __future__ import annotations
@@ -27,11 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
+from fxforge.dumps import DumpWarning, DumpWriter, load_dump  # noqa: F401 - re-exported here
 from fxforge.errors import PipelineError
 from fxforge.ir import Graph
-from fxforge.parser import parse_ir
 from fxforge.passes import registry as pass_registry  # PASSES read at call time
 from fxforge.printer import print_graph
 from fxforge.verify import IRVerificationError, verify
@@ -130,25 +129,11 @@ class PassManager:
         stream.write(f"// ----- {title} -----\n{text}\n")
         stream.flush()
 
-    def _dump(self, folder: Path | None, index: int, name: str, graph: Graph) -> None:
-        if folder is None:
-            return
-        (folder / f"{index:02d}-{name}.ir").write_text(print_graph(graph) + "\n")
-        arrays = {n.attrs["value"].digest: n.attrs["value"].array for n in graph.nodes
-                  if n.op == "const" and n.attrs["value"].array is not None}
-        store = folder / "constants.npz"
-        if store.exists():
-            with np.load(store, allow_pickle=False) as old:
-                arrays = {**{k: old[k] for k in old.files}, **arrays}
-        np.savez(store, **arrays)
-
     def run(self, graph: Graph, dump_subdir: str = "") -> tuple[Graph, list[PassRecord]]:
         debug = self.debug
-        folder = None
-        if debug.dump_dir:
-            folder = Path(debug.dump_dir) / dump_subdir
-            folder.mkdir(parents=True, exist_ok=True)
-        self._dump(folder, 0, "input", graph)
+        dumps = DumpWriter(Path(debug.dump_dir), dump_subdir) if debug.dump_dir else None
+        if dumps is not None:
+            dumps.write(0, "input", graph)
         records = []
         for index, name in enumerate(self.names, start=1):
             if debug.wants(debug.print_before, name):
@@ -173,19 +158,9 @@ class PassManager:
                     self._emit(f"IR diff of {name}", "\n".join(diff) or "(no change)")
                 else:
                     self._emit(f"IR after {name}", print_graph(new))
-            self._dump(folder, index, name, new)
+            if dumps is not None:
+                dumps.write(index, name, new)
             records.append(PassRecord(name, seconds, changed, len(graph.nodes), len(new.nodes),
                                       dict(stats)))
             graph = new
         return graph, records
-
-
-def load_dump(path: str | Path) -> Graph:
-    """A dumped stage as a runnable graph (constants from the sibling constants.npz)."""
-    path = Path(path)
-    store = path.parent / "constants.npz"
-    arrays: dict[str, np.ndarray] = {}
-    if store.exists():
-        with np.load(store, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    return parse_ir(path.read_text(), constants=arrays)

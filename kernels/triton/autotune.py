@@ -9,7 +9,12 @@ Why so careful with the disk: the cache is read back into kernel launches, so a 
 could write must not steer them. The cache dir is made private (0700; files 0600) and a dir that
 is not the user's own, or that group/others can reach, is not used at all (a warning says why).
 Entries are JSON, never pickle; an entry is used only when its config is exactly one of the
-configs offered now, so a stale or tampered file can at worst cost a retune, never an exception.
+configs offered now, so a stale or tampered file can at worst cost a retune, never an exception:
+a file is read with a size limit and without following a symlink, any error of reading or parsing
+it (RecursionError from deep nesting, ValueError, UnicodeDecodeError, OSError, ...) makes it a
+miss, and every entry is checked field by field (types and ranges of the key, of each config value
+that becomes a launch parameter, of the timing) before it is compared with anything. A retune
+rewrites the file, replacing the bad one (a symlink in its place is replaced, not followed).
 
 Layout: one file per (kernel, device name, Triton version), named by a sha256 of those three,
 holding {"schema": 1, "kernel", "device", "triton", "entries": [{"key", "config", "ms"}]}.
@@ -37,6 +42,13 @@ from fxforge.kernels.triton.jit import interpreting
 
 SCHEMA = 1
 MAX_FILE_BYTES = 1 << 20  # an entry file is a few KiB; anything far larger is not ours
+# Bounds of what a cached entry may hold: a launch parameter is a small non-negative int (a block
+# size, warps, stages) or a short name (PRECISION); a key item is a shape string or an int.
+MAX_LAUNCH_INT = 1 << 31
+MAX_NAME_CHARS = 256
+MAX_ITEMS = 64
+# A parse or a check of a cached file fails with one of these; each means "not a usable entry".
+_BAD_FILE = (OSError, ValueError, TypeError, OverflowError, RecursionError)
 
 
 class AutotuneError(FxforgeError, RuntimeError):
@@ -130,28 +142,69 @@ def _entry_file(directory: Path, kernel: str, device: str, triton: str) -> Path:
 
 
 def _read_entries(path: Path, kernel: str, device: str, triton: str) -> list[dict]:
-    """The well-formed entries of a file that is what its name says; [] for anything else."""
+    """The well-formed entries of a file that is what its name says; [] for anything else,
+    whatever the bytes (the promise: a bad file costs a retune, never an exception)."""
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+        doc = json.loads(_read_small(path).decode("utf-8"), parse_constant=_no_constant)
+        if not isinstance(doc, dict) or type(doc.get("schema")) is not int \
+                or doc["schema"] != SCHEMA or doc.get("kernel") != kernel \
+                or doc.get("device") != device or doc.get("triton") != triton:
             return []
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+        entries = doc.get("entries")
+        return [e for e in entries if _well_formed(e)] if isinstance(entries, list) else []
+    except _BAD_FILE:
         return []
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("kernel") != kernel \
-            or doc.get("device") != device or doc.get("triton") != triton:
-        return []
-    entries = doc.get("entries")
-    return [e for e in entries if _well_formed(e)] if isinstance(entries, list) else []
+
+
+def _read_small(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES, opened without following a
+    symlink or blocking on a FIFO; OSError or ValueError for anything else."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"{path} is not a regular file of at most {MAX_FILE_BYTES} bytes")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"{path} grew past {MAX_FILE_BYTES} bytes")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    """json's parse_constant: NaN and Infinity are not JSON, and no field may hold them."""
+    raise ValueError(f"{name} is not allowed in an autotune cache file")
 
 
 def _well_formed(entry: Any) -> bool:
+    """An entry whose every field has the type and range `pick` and the kernels expect."""
     if not isinstance(entry, dict) or set(entry) != {"key", "config", "ms"}:
         return False
-    ms = entry["ms"]
-    return (isinstance(entry["key"], list) and isinstance(entry["config"], dict)
-            and isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms))
+    ms, key, config = entry["ms"], entry["key"], entry["config"]
+    return (_valid_ms(ms) and isinstance(key, list) and len(key) <= MAX_ITEMS
+            and all(_small_scalar(item, signed=True) for item in key)
+            and isinstance(config, dict) and 0 < len(config) <= MAX_ITEMS
+            and all(isinstance(k, str) and 0 < len(k) <= MAX_NAME_CHARS
+                    and _small_scalar(v, signed=False) for k, v in config.items()))
+
+
+def _valid_ms(ms: Any) -> bool:
+    """A finite non-negative time (an int too large for a float is not one)."""
+    if type(ms) is int:
+        return 0 <= ms < MAX_LAUNCH_INT
+    return type(ms) is float and math.isfinite(ms) and ms >= 0
+
+
+def _small_scalar(value: Any, signed: bool) -> bool:
+    """A short str (a shape like "256x512", "" for a scalar's; a name like "ieee"), or an int,
+    never a bool or float, in the range a launch parameter takes: 0 <= value < MAX_LAUNCH_INT
+    (a key item, a problem size, may also be negative)."""
+    if isinstance(value, str):
+        return len(value) <= MAX_NAME_CHARS
+    low = -MAX_LAUNCH_INT if signed else 0
+    return type(value) is int and low <= value < MAX_LAUNCH_INT
 
 
 def _write_atomic(path: Path, doc: dict) -> None:
@@ -313,7 +366,7 @@ def _among(config: Any, offered: list[str], configs: list[dict]) -> dict | None:
         return None
     try:
         text = _canonical(config)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
     return configs[offered.index(text)] if text in offered else None
 
