@@ -21,8 +21,12 @@ from fxforge import dtypes
 from fxforge.ir import Attrs, ConstData, Node, Provenance, TensorType, Value
 from fxforge.kernels import reference as ref
 from fxforge.shapes import (
+    MAX_NUMEL,
     OpTypeError,
     broadcast,
+    check_shape,
+    clip,
+    is_int,
     matmul_shape,
     norm_dim,
     norm_dims,
@@ -69,17 +73,17 @@ def _check_attr(op: str, name: str, spec: AttrSpec, value: Any) -> None:
     if value is None and spec.optional:
         return
     ok = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "int": is_int,
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "bool": lambda v: isinstance(v, bool),
         "str": lambda v: isinstance(v, str),
-        "dtype": lambda v: v in dtypes.DTYPES,
-        "ints": lambda v: isinstance(v, tuple)
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+        "dtype": lambda v: isinstance(v, str) and v in dtypes.DTYPES,
+        "ints": lambda v: isinstance(v, tuple) and all(is_int(x) for x in v),
         "any": lambda v: True,
     }[spec.kind](value)
     if not ok:
-        raise OpTypeError(f"{op}: attribute {name}={value!r} is not a valid {spec.kind}")
+        what = "an int64" if spec.kind == "int" else f"a valid {spec.kind}"
+        raise OpTypeError(f"{op}: attribute {name}={clip(value, use_repr=True)} is not {what}")
 
 
 def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> Attrs:
@@ -93,11 +97,20 @@ def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> Attrs:
         if value is REQUIRED:
             raise OpTypeError(f"{opdef.name}: missing attribute {name!r}")
         value = Attrs({name: value})[name]  # canonical form (tuples, python scalars)
-        if spec.kind == "float" and isinstance(value, int) and value is not None:
-            value = float(value)
+        if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = _int_to_float(opdef.name, name, value)
         _check_attr(opdef.name, name, spec, value)
         result[name] = value
     return Attrs(result)
+
+
+def _int_to_float(op: str, name: str, value: int) -> float:
+    """A float attribute written as an integer; one past float64's range is refused, by name."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise OpTypeError(f"{op}: attribute {name}={clip(value)} is out of float64's range"
+                          ) from None
 
 
 def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
@@ -109,6 +122,11 @@ def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...
     if opdef.infer is None:
         raise OpTypeError(f"{opdef.name} has no type inference; its types must be given")
     types = tuple(opdef.infer(ins, attrs))
+    for k, t in enumerate(types):  # attributes can ask for absurd sizes (arange, full, padding)
+        try:
+            check_shape(t.shape)
+        except OpTypeError as e:
+            raise OpTypeError(f"{opdef.name}: result {k}: {e}") from None
     if opdef.name in QUANT_TRANSPARENT:
         types = _pass_quant(opdef.name, ins, types)
     return types
@@ -199,6 +217,17 @@ def _promoted(ins: Types) -> str:
     return dtypes.promote([(t.dtype, t.ndim) for t in ins])
 
 
+def _one_dtype(op: str, ins: Types) -> str:
+    """The common dtype of a compute op's data and weight. torch refuses mixed ones (a float64
+    input into a float32 Linear), and so does the IR: no target may quietly convert. (A bias
+    may be wider: fp16 layers keep an f32 bias for their f32 accumulator.)"""
+    found = {t.dtype for t in ins}
+    if len(found) != 1:
+        raise OpTypeError(f"{op}: operands must share one dtype, got "
+                          f"{', '.join(t.dtype for t in ins)} (torch refuses this too)")
+    return ins[0].dtype
+
+
 def _binary(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     return (TensorType(broadcast(*(t.shape for t in ins)), _promoted(ins)),)
 
@@ -283,6 +312,7 @@ def _conv2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     (s0, s1), (p0, p1), (d0, d1) = attrs["stride"], attrs["padding"], attrs["dilation"]
     ho = window_out(h, kh, s0, p0, d0, False)
     wo = window_out(wd, kw, s1, p1, d1, False)
+    _one_dtype("conv2d", ins[:2])
     return (TensorType((n, cout, ho, wo), _promoted(ins)),)
 
 
@@ -298,6 +328,7 @@ def _linear(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
         raise OpTypeError(f"linear: input {list(x.shape)} does not match weight {list(w.shape)}")
     if len(ins) == 3 and ins[2].shape != (w.shape[0],):
         raise OpTypeError(f"linear bias must have shape [{w.shape[0]}], got {list(ins[2].shape)}")
+    _one_dtype("linear", ins[:2])
     return (TensorType((*x.shape[:-1], w.shape[0]), _promoted(ins)),)
 
 
@@ -307,7 +338,7 @@ def _linear_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int
 
 def _matmul(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     a, b = ins
-    return (TensorType(matmul_shape(a.shape, b.shape), _promoted(ins)),)
+    return (TensorType(matmul_shape(a.shape, b.shape), _one_dtype("matmul", ins)),)
 
 
 def _matmul_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
@@ -504,8 +535,20 @@ def _arange(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
             start, end, step = int(start), int(end), int(step)
     if step == 0:
         raise OpTypeError("arange step must be nonzero")
-    n = math.ceil((end - start) / step)
-    return (TensorType((max(n, 0),), dtype),)
+    return (TensorType((_arange_length(start, end, step),), dtype),)
+
+
+def _arange_length(start: float, end: float, step: float) -> int:
+    """ceil((end - start) / step), at least 0; a length past MAX_NUMEL (or past float64, as
+    with end 1e308 and step 1e-308) is refused before it becomes an int or an allocation."""
+    try:
+        n = (end - start) / step
+    except OverflowError:  # integer bounds (i64) whose quotient no float holds
+        n = math.inf
+    if not n <= MAX_NUMEL:
+        raise OpTypeError(f"arange from {clip(start)} to {clip(end)} by {clip(step)} has more "
+                          "than the IR's limit of 2**40 elements")
+    return math.ceil(n) if n > 0 else 0  # -inf too: end far below start
 
 
 def _full(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:

@@ -1,6 +1,10 @@
-"""Shape arithmetic shared by type inference: broadcasting, dims, windows.
+"""Shape arithmetic shared by type inference (broadcasting, dims, windows), and the IR's limits.
 
 Errors raise `OpTypeError` with a message a user can act on; the caller adds the node's location.
+
+The limits are shared by the parser, type inference and the verifier, so that hostile text or a
+corrupt attribute is refused with a located message instead of an OverflowError, a MemoryError
+or a numpy error deep inside a later pass, and so that whatever verifies also prints and parses.
 """
 
 from __future__ import annotations
@@ -11,6 +15,75 @@ from collections.abc import Sequence
 
 class OpTypeError(TypeError):
     """Inputs or attributes that an op cannot accept (wrong rank, mismatched shapes, ...)."""
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # every integer of the IR: torch indexes with int64
+MAX_RANK = 32  # numpy 1.x's limit (fxforge supports numpy >= 1.26); no model comes near it
+# 2**40 elements (4 TiB of f32) is no real tensor; a size past it is a corrupt attribute. It is
+# not 2**31: embeddings of large language models pass that, and Triton has 64-bit offsets.
+MAX_NUMEL = 2**40
+# Lists and maps in an attribute value nest at most this deep (a fused op's steps need 4); the
+# parser, the printer and attribute comparison recurse once per level.
+MAX_ATTR_DEPTH = 32
+
+
+def is_int(value: object) -> bool:
+    """An IR integer: a python int (not a bool) within int64."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and INT64_MIN <= value <= INT64_MAX)
+
+
+def check_shape(shape: Sequence[int]) -> None:
+    """A shape the IR can hold: rank <= MAX_RANK, dims >= 0, at most MAX_NUMEL elements."""
+    if len(shape) > MAX_RANK:
+        raise OpTypeError(f"rank {len(shape)} is more than the IR's limit of {MAX_RANK}")
+    if not all(is_int(d) and d >= 0 for d in shape):
+        raise OpTypeError(f"shape {clip(list(shape))} needs dimensions that are int64s >= 0")
+    numel = math.prod(shape)
+    if numel > MAX_NUMEL:
+        raise OpTypeError(f"shape {clip(list(shape))} has {clip(numel)} elements, more than "
+                          f"the IR's limit of 2**40")
+
+
+def check_quant(scale: object, zero_point: object, axis: object, ndim: int) -> None:
+    """Quantization parameters of a type: non-empty lists of finite scales > 0 (floats or
+    int64s) and of int64 zero points, as long as each other; per tensor (axis none) one of
+    each, else an axis in range."""
+    if not isinstance(scale, tuple) or not all(_positive_number(s) for s in scale):
+        raise OpTypeError(f"quantization scale {clip(scale)} must be a list of finite "
+                          "numbers > 0")
+    if not isinstance(zero_point, tuple) or not all(is_int(z) for z in zero_point):
+        raise OpTypeError(f"quantization zero_point {clip(zero_point)} must be a list of int64s")
+    if not scale or len(scale) != len(zero_point):
+        raise OpTypeError(f"quantization has {len(scale)} scales and {len(zero_point)} zero "
+                          "points; it needs as many of each, at least one")
+    if axis is None:
+        if len(scale) != 1:
+            raise OpTypeError(f"per-tensor quantization (axis none) has {len(scale)} scales, "
+                              "not one")
+    elif not is_int(axis) or not -ndim <= axis < ndim:
+        raise OpTypeError(f"quantization axis {clip(axis)} is not a dim of a rank-{ndim} value")
+
+
+def _positive_number(value: object) -> bool:
+    """A finite float > 0, or an int64 > 0 (a 400-digit int is no scale, and math.isfinite
+    would raise an OverflowError on it)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and value > 0
+    return is_int(value) and value > 0
+
+
+def clip(value: object, limit: int = 80, use_repr: bool = False) -> str:
+    """`str(value)` (or its repr), shortened in the middle: a hostile value must not make a
+    megabyte message, nor fail to print (python refuses to print an int of 4300+ digits)."""
+    try:
+        text = repr(value) if use_repr else str(value)
+    except Exception:  # noqa: BLE001 - e.g. a 4300+ digit int, or a type holding a set
+        text = f"<a {type(value).__name__} that does not print>"
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...({len(text) - limit} chars)...{text[-half:]}"
 
 
 def broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
@@ -57,6 +130,8 @@ def window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, cei
 def reshape_target(numel: int, shape: Sequence[int]) -> tuple[int, ...]:
     """Resolve a single -1 in a reshape target."""
     shape = list(shape)
+    if any(d < -1 for d in shape):
+        raise OpTypeError(f"reshape to {clip(tuple(shape))} has a negative size other than -1")
     if shape.count(-1) > 1:
         raise OpTypeError(f"reshape to {tuple(shape)} has more than one -1")
     known = math.prod(d for d in shape if d != -1)

@@ -248,7 +248,7 @@ graph(%x: f32[2,3], %q: i8[4]{scale=[0.5], zero_point=[0], axis=none}) {
   %a = clamp[min=none, max=6.0] %x : f32[2,3]
   %b = gelu[approximate="tanh"] %a : f32[2,3]
   %c = batch_norm[eps=1e-05] %b, %w, %w, %w, %w : f32[2,3]
-  %t, %t2 = torch_op[target="aten.frob.default", args=[1, -2, 2.5, 1e-05, 1e+300, nan, inf, -inf, \
+  %t, %t2 = torch_op[target="aten.topk.default", args=[1, -2, 2.5, 1e-05, 1e+300, nan, inf, -inf, \
 true, false, none, "q\\"uo\\nte\\t#\\u00e9", [], [1, [2, [3.0]]], {}], kwargs={"k": {"nested": \
 [none, "x"]}, "": 0, "with space": {"a": -0.0}}] %c, %q : f32[2,3], i8[4]{scale=[0.5, 0.25], \
 zero_point=[1, -1], axis=0}
