@@ -33,16 +33,15 @@ def resolve(target: str) -> torch._ops.OpOverload:
     """The operator overload `target` names, and nothing else: the name must be one of the
     namespace's registered operators and the overload one of its registered overloads, so a
     target such as `aten.__dict__.__setitem__` (an attribute of the namespace object, not an
-    operator) is refused before anything is looked up on it."""
+    operator) is refused before anything is looked up on it. Dunder-named operators such as
+    `aten.__and__.Tensor` are real ones."""
     if not isinstance(target, str) or not _TARGET.fullmatch(target):
         raise OpaqueOpError(f"torch_op target {target!r} is not of the form aten.name.overload")
     namespace, name, overload = target.split(".")
-    if name.startswith("__") or overload.startswith("__"):
-        raise OpaqueOpError(f"torch_op target {target!r} is not an operator")
-    try:
+    try:  # the registry of operators, not the attributes of Python objects (aten.__and__ is one)
         torch._C._get_schema(f"{namespace}::{name}", "" if overload == "default" else overload)
     except RuntimeError:
-        raise OpaqueOpError(f"torch has no op {target!r}") from None
+        raise OpaqueOpError(f"torch_op target {target!r} is not an operator torch has") from None
     op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     if not isinstance(op, torch._ops.OpOverload):
         raise OpaqueOpError(f"torch_op target {target!r} is not an operator overload")

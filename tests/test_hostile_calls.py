@@ -311,6 +311,14 @@ _HOSTILE_TARGETS = ["aten.__dict__.__setitem__", "aten.mm.__call__", "aten.mm.ov
                     "aten.mm.default.extra", "aten.mm.default\n"]
 
 
+@pytest.mark.parametrize("target", ["aten.__and__.Tensor", "aten.__or__.Tensor", "aten.mm.default",
+                                    "aten._native_batch_norm_legit_no_training.default",
+                                    "aten.add.Tensor", "aten.sub.Scalar",
+                                    "prims.convert_element_type.default"])
+def test_every_real_operator_still_resolves(target):
+    assert str(opaque.resolve(target)) == target
+
+
 @pytest.mark.parametrize("target", _HOSTILE_TARGETS)
 def test_a_torch_op_target_resolves_to_a_real_overload_or_nothing(target):
     with pytest.raises(opaque.OpaqueOpError):
