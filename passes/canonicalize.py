@@ -2,12 +2,15 @@
 
 Identities (dropout in inference, clone/contiguous, casts to the same dtype, reshapes/permutes/
 expands/squeezes/slices that change nothing) are dropped, chains of reshapes collapse, and
-`weight * mask` left by `torch.nn.utils.prune` (a product of two constants) is folded.
+`weight * mask` left by `torch.nn.utils.prune` (a product of two constants) is folded, and a
+matmul by a constant 2-D weight becomes a linear layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from fxforge.ir import Graph, Node, Value
 from fxforge.passes.fold_constants import _fold
@@ -42,6 +45,20 @@ def _fold_const_product(node: Node, rw: Rewriter) -> Sequence[Value] | None:
     return _fold(node, rw)
 
 
+def _matmul_by_constant(node: Node, rw: Rewriter) -> Sequence[Value] | None:
+    """x @ W with W a constant [K, N] (GPT-2's Conv1D, `addmm`) is linear(x, W.T): then fusion
+    folds its bias in and int8 quantizes it like any linear layer."""
+    if node.op != "matmul":
+        return None
+    x, w = node.inputs
+    weight = rw.constant(w)
+    if weight is None or weight.ndim != 2 or x.type.ndim < 1 or x.type.dtype != w.type.dtype:
+        return None
+    source = rw.producer(w).provenance
+    transposed = rw.const(np.ascontiguousarray(weight.T), source, w.type.dtype, prefix="wt")
+    return rw.emit("linear", [x, transposed], {}, node.provenance).outputs
+
+
 def _op(names: str, condition=lambda node: True):
     ops = set(names.split())
     return lambda node: node.op in ops and condition(node)
@@ -58,6 +75,8 @@ RULES = [
     Rule("reshape-chain", "reshape(reshape(x)) is one reshape", _reshape_chain),
     Rule("fold-weight-mask", "weight * mask (torch.nn.utils.prune) is one constant",
          _fold_const_product),
+    Rule("matmul-to-linear", "x @ W with a constant W [K, N] is linear(x, W.T)",
+         _matmul_by_constant),
 ]
 
 

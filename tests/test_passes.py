@@ -11,6 +11,7 @@ import torch
 from passes_util import canonical, dedent_ir, run_pass
 
 from fxforge import compile, parse_ir, zoo
+from fxforge.execute import run_reference
 
 CONV1 = "conv2d[stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1]"
 CONV3 = "conv2d[stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1]"
@@ -61,6 +62,32 @@ def test_canonicalize_keeps_real_permutes_and_casts():
     }"""
     after, stats = run_pass("canonicalize", text)
     assert after == parse_ir(text) and stats == {}
+
+
+def test_canonicalize_turns_a_matmul_by_a_constant_into_a_linear():
+    # GPT-2's Conv1D is addmm(bias, x, W) with W [K, N]: as linear(x, W.T) it fuses and quantizes
+    text = """
+    graph(%x: f32[3,2], %y: f32[2,3]) {
+      %w = const f32[2,3] [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+      %m = matmul %x, %w : f32[3,3]
+      %n = matmul %x, %y : f32[3,3]
+      %s = add %m, %n : f32[3,3]
+      return %s
+    }"""
+    after, stats = run_pass("canonicalize", text)
+    _assert_ir(after, """
+    graph(%0: f32[3,2], %1: f32[2,3]) {
+      %2 = const f32[3,2] [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+      %3 = linear %0, %2 : f32[3,3]
+      %4 = matmul %0, %1 : f32[3,3]
+      %5 = add %3, %4 : f32[3,3]
+      return %5
+    }""")
+    assert stats == {"matmul-to-linear": 1}
+    x, y = np.random.default_rng(0).standard_normal((2, 3, 2)).astype(np.float32)
+    inputs = [x, y.T.copy()]
+    np.testing.assert_allclose(run_reference(after, inputs)[0],
+                               run_reference(parse_ir(text), inputs)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_fold_constants_folds_sources_but_not_opaque_or_growing_nodes():
