@@ -44,6 +44,7 @@ _UNARY = {
     "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "silu": "silu",
     "hardswish": "hardswish", "hardsigmoid": "hardsigmoid", "sqrt": "sqrt", "rsqrt": "rsqrt",
     "exp": "exp", "log": "log", "neg": "neg", "abs": "abs", "erf": "erf",
+    "sin": "sin", "cos": "cos", "bitwise_not": "bitwise_not",
     "clone": "identity", "contiguous": "identity", "alias": "identity", "detach": "identity",
     "lift_fresh_copy": "identity",
 }
@@ -110,6 +111,30 @@ for _op, _overloads in {
 }.items():
     for _overload in _overloads:
         CONVERTERS[getattr(getattr(aten, _op), _overload)] = _binary(_op, _op in ("add", "sub"))
+
+
+CONVERTERS[aten.min.other] = _binary("minimum")
+CONVERTERS[aten.max.other] = _binary("maximum")
+for _name in ("and", "or", "xor"):  # `a & b` is aten.__and__; torch.bitwise_and also takes 2 & b
+    _dunder, _bitwise = getattr(aten, f"__{_name}__"), getattr(aten, f"bitwise_{_name}")
+    for _target in (_dunder.Tensor, _dunder.Scalar, _bitwise.Tensor, _bitwise.Scalar,
+                    _bitwise.Scalar_Tensor):
+        CONVERTERS[_target] = _binary(f"bitwise_{_name}")
+
+
+def _as_bool(ctx, v):
+    """logical_* read any dtype as truth values: nonzero (and NaN) is true, as a cast to bool."""
+    return v if v.type.dtype == "bool" else ctx.emit("cast", [v], dtype="bool")
+
+
+def _logical(op: str) -> Converter:
+    return lambda ctx, n: ctx.emit(op, [_as_bool(ctx, ctx.value(a)) for a in n.args[:2]])
+
+
+CONVERTERS[aten.logical_and.default] = _logical("bitwise_and")
+CONVERTERS[aten.logical_or.default] = _logical("bitwise_or")
+CONVERTERS[aten.logical_xor.default] = _logical("bitwise_xor")
+CONVERTERS[aten.logical_not.default] = _logical("bitwise_not")
 
 
 def _rsub(ctx, n):
@@ -182,6 +207,16 @@ for _target, _op in ((aten.sum.default, "sum"), (aten.sum.dim_IntList, "sum"),
                      (aten.mean.default, "mean"), (aten.mean.dim, "mean"),
                      (aten.amax.default, "amax")):
     CONVERTERS[_target] = _reduction(_op)
+
+
+def _cumsum(ctx, n):
+    x = ctx.value(n.args[0])
+    dtype = n.kwargs.get("dtype")
+    return ctx.emit("cumsum", [x], dim=norm_dim(_arg(n, 1, "dim"), x.type.ndim),
+                    dtype=ctx.dtype_name(dtype) if dtype is not None else None)
+
+
+CONVERTERS[aten.cumsum.default] = _cumsum
 
 
 def _softmax(op: str) -> Converter:
@@ -319,6 +354,24 @@ CONVERTERS[aten.gather.default] = lambda ctx, n: ctx.emit(
     dim=norm_dim(n.args[1], len(n.args[0].meta["val"].shape)))
 
 
+def _index(ctx, n):
+    """x[:, ..., i0, i1, ...]: index tensors on adjacent dims after leading full slices (None),
+    as in `x[:, :, idx]` and transformers' `padding_mask[batch_idx, kv_idx]`. Index tensors
+    with a full slice between them (torch moves their dims to the front) and masks stay with
+    torch."""
+    x = ctx.value(n.args[0])
+    dims = [d for d, i in enumerate(n.args[1]) if i is not None]
+    if not dims or dims != list(range(dims[0], dims[0] + len(dims))):
+        raise Unconvertible(f"index tensors at dims {dims} are not adjacent")
+    indices = [ctx.value(n.args[1][d]) for d in dims]
+    if any(i.type.dtype in ("bool", "u8") for i in indices):
+        raise Unconvertible("indexing with a boolean mask")
+    return ctx.emit("index", [x, *indices], dim=dims[0])
+
+
+CONVERTERS[aten.index.Tensor] = _index
+
+
 # --- pooling ------------------------------------------------------------------------------------
 
 
@@ -452,6 +505,31 @@ CONVERTERS[aten.expand.default] = lambda ctx, n: ctx.emit(
     "expand", [ctx.value(n.args[0])], shape=tuple(n.meta["val"].shape))
 
 
+def _pad_to(ctx, n, mode: str, value: Any = 0.0):
+    pads = tuple(n.args[1])
+    if any(p < 0 for p in pads):
+        raise Unconvertible("negative pads (cropping)")
+    if isinstance(value, int) and not isinstance(value, bool) and float(value) != value:
+        raise Unconvertible(f"pad value {value} is not exact as a float")
+    return ctx.emit("pad", [ctx.value(n.args[0])], pads=pads, mode=mode, value=float(value))
+
+
+def _pad(ctx, n):
+    mode = _arg(n, 2, "mode", "constant")
+    value = _arg(n, 3, "value") if mode == "constant" else None
+    return _pad_to(ctx, n, mode, 0.0 if value is None else value)
+
+
+CONVERTERS[aten.pad.default] = _pad
+CONVERTERS[aten.constant_pad_nd.default] = lambda ctx, n: _pad_to(
+    ctx, n, "constant", _arg(n, 2, "value", 0))
+for _k in (1, 2, 3):
+    CONVERTERS[getattr(aten, f"reflection_pad{_k}d").default] = lambda ctx, n: _pad_to(
+        ctx, n, "reflect")
+    CONVERTERS[getattr(aten, f"replication_pad{_k}d").default] = lambda ctx, n: _pad_to(
+        ctx, n, "replicate")
+
+
 # --- sources ------------------------------------------------------------------------------------
 
 
@@ -489,3 +567,6 @@ for _name in ("ones", "ones_like", "new_ones"):
 # Ops that only check things at trace time; they produce nothing the graph needs.
 IGNORED = {aten._assert_tensor_metadata.default, aten._assert_scalar.default,
            aten.sym_constrain_range_for_size.default}
+
+
+from fxforge import aten_decompose  # noqa: E402, F401 - registers its converters

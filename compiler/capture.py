@@ -137,7 +137,14 @@ def _tensor_type(val: Any, where: str) -> TensorType:
     if not isinstance(val, torch.Tensor):
         raise CaptureError(f"{where}: expected a tensor, found {type(val).__name__}")
     try:
-        return TensorType(tuple(int(d) for d in val.shape), dtypes.from_torch(val.dtype))
+        shape = tuple(int(d) for d in val.shape)
+    except Exception as e:  # noqa: BLE001 - a size only known at run time (a boolean mask)
+        raise CaptureError(f"{where}: its shape depends on the data ({type(e).__name__})\n  "
+                           "hint: boolean-mask indexing (x[mask]), nonzero() and unique() give a "
+                           "size known only at run time; keep the shape, e.g. with "
+                           "torch.where(mask, x, 0)") from None
+    try:
+        return TensorType(shape, dtypes.from_torch(val.dtype))
     except dtypes.DTypeError as e:
         raise CaptureError(f"{where}: {e}") from None
 

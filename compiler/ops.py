@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fxforge import dtypes
 from fxforge.ir import Attrs, ConstData, Node, Provenance, TensorType, Value
 from fxforge.kernels import reference as ref
@@ -241,6 +243,24 @@ def _compare(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     return (TensorType(broadcast(*(t.shape for t in ins)), "bool"),)
 
 
+def _no_float(op: str, ins: Types) -> None:
+    """Bitwise ops exist for bool and integers only: torch has no float kernel for them."""
+    floats = [t.dtype for t in ins if dtypes.is_float(t.dtype)]
+    if floats:
+        raise OpTypeError(f"{op} needs bool or integer operands, got {floats[0]} (torch refuses "
+                          "floats too)")
+
+
+def _bitwise(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    _no_float("bitwise op", ins)
+    return _binary(ins, attrs)
+
+
+def _bitwise_not(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    _no_float("bitwise_not", ins)
+    return _same(ins, attrs)
+
+
 def _where(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     cond, a, b = ins
     if cond.dtype != "bool":
@@ -271,6 +291,15 @@ def _mean(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 
 def _amax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     return (TensorType(_reduce_shape(ins[0], attrs), ins[0].dtype),)
+
+
+def _cumsum(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """torch's dtype= converts the input first; without it bool and integers sum in (and give)
+    int64, as in torch.cumsum (a position id from a mask is an i64)."""
+    x = ins[0]
+    norm_dim(attrs["dim"], x.ndim)
+    dtype = attrs["dtype"] or (x.dtype if dtypes.is_float(x.dtype) else "i64")
+    return (TensorType(x.shape, dtype),)
 
 
 def _softmax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
@@ -499,6 +528,80 @@ def _gather(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
         raise OpTypeError(f"gather index {list(index.shape)} is larger than the input "
                           f"{list(x.shape)} in a dim other than {dim}")
     return (TensorType(index.shape, x.dtype),)
+
+
+def _index_take(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """x[:, ..., i0, i1, ...] with k index tensors on the adjacent dims from dim on: their
+    broadcast shape replaces those k dims. torch indexes with int64 or int32 only; a bool or u8
+    index is a mask, with another meaning."""
+    x, indices = ins[0], ins[1:]
+    dim = _dim_of(x, attrs["dim"], "index")
+    k = len(indices)
+    if dim + k > x.ndim:
+        raise OpTypeError(f"index: {k} index tensors from dim {dim} of a rank-{x.ndim} input")
+    for t in indices:
+        if t.dtype not in ("i64", "i32"):
+            raise OpTypeError(f"index: indices must be i64 or i32, got {t.dtype} (bool and u8 "
+                              "index tensors are masks)")
+    shape = broadcast(*(t.shape for t in indices))
+    return (TensorType(x.shape[:dim] + shape + x.shape[dim + k:], x.dtype),)
+
+
+PAD_MODES = ("constant", "reflect", "replicate")
+
+
+def _pad(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """torch's F.pad: `pads` lists (before, after) pairs from the last dim backwards."""
+    x, pads, mode = ins[0], attrs["pads"], attrs["mode"]
+    if mode not in PAD_MODES:
+        raise OpTypeError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
+    k = len(pads) // 2
+    if len(pads) % 2 or k > x.ndim:
+        raise OpTypeError(f"pad: {len(pads)} pads for a rank-{x.ndim} input; it takes one "
+                          "(before, after) pair per padded dim")
+    if any(p < 0 for p in pads):
+        raise OpTypeError(f"pad: negative pads {pads} (cropping) are not supported")
+    shape = list(x.shape)
+    for i in range(k):
+        shape[x.ndim - 1 - i] += pads[2 * i] + pads[2 * i + 1]
+    if mode == "constant":
+        _check_fill(x.dtype, attrs["value"])
+    else:
+        _check_edge_pad(x, pads, mode)
+    return (TensorType(tuple(shape), x.dtype),)
+
+
+def _check_fill(dtype: str, value: float) -> None:
+    """torch refuses a fill value that its dtype cannot hold (-1 in u8, 1e6 in f16, NaN in an
+    integer tensor); bool takes any value (nonzero is true), and bf16 is left to torch."""
+    if dtype in ("bool", "bf16"):
+        return
+    if dtypes.is_float(dtype):
+        fits = not math.isfinite(value) or abs(value) <= float(np.finfo(dtypes.to_numpy(dtype)).max)
+    else:  # python compares the int bounds and the float exactly
+        info = np.iinfo(dtypes.to_numpy(dtype))
+        fits = math.isfinite(value) and info.min <= value <= info.max
+    if not fits:
+        raise OpTypeError(f"pad value {clip(value)} does not fit in {dtype}")
+
+
+def _check_edge_pad(x: TensorType, pads: tuple[int, ...], mode: str) -> None:
+    """torch's reflect and replicate pad 1, 2 or 3 trailing dims of a non-bool input with one or
+    two leading (batch, channel) dims, all but the batch dim nonempty; reflect repeats no edge,
+    so each pad must be smaller than its dim."""
+    k = len(pads) // 2
+    if k not in (1, 2, 3) or x.ndim not in (k + 1, k + 2):
+        raise OpTypeError(f"pad mode {mode!r} pads 1 to 3 trailing dims of an input with 1 or 2 "
+                          f"more dims, got {k} padded dims of a rank-{x.ndim} input")
+    if any(d == 0 for d in x.shape[x.ndim - k - 1:]):
+        raise OpTypeError(f"pad mode {mode!r} needs nonempty dims, got {list(x.shape)}")
+    if x.dtype == "bool":
+        raise OpTypeError(f"pad mode {mode!r} has no bool kernel in torch")
+    for i in range(k):
+        size = x.shape[x.ndim - 1 - i]
+        if mode == "reflect" and max(pads[2 * i], pads[2 * i + 1]) >= size:
+            raise OpTypeError(f"reflect pads {pads[2 * i:2 * i + 2]} must be smaller than the "
+                              f"dim of size {size}")
 
 
 def _sdpa(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
@@ -744,6 +847,10 @@ _DECLS: list[OpDef] = [
     _unary("exp", _to_float, "e ** x."),
     _unary("log", _to_float, "Natural logarithm."),
     _unary("erf", _to_float, "The error function."),
+    _unary("sin", _to_float, "Sine (rotary position embeddings)."),
+    _unary("cos", _to_float, "Cosine (rotary position embeddings)."),
+    _unary("bitwise_not", _bitwise_not, "~x: logical not of bool, two's complement of integers "
+           "(logical_not on bool masks)."),
     _unary("neg", _same, "-x."),
     _unary("abs", _same, "|x|."),
     _unary("cast", _cast, "Convert to another dtype (torch's .to(dtype)).",
@@ -762,11 +869,17 @@ _DECLS: list[OpDef] = [
     _bin("le", _compare, "a <= b (bool)."),
     _bin("gt", _compare, "a > b (bool)."),
     _bin("ge", _compare, "a >= b (bool)."),
+    _bin("bitwise_and", _bitwise, "a & b on bool or integers (attention-mask logic)."),
+    _bin("bitwise_or", _bitwise, "a | b on bool or integers."),
+    _bin("bitwise_xor", _bitwise, "a ^ b on bool or integers."),
     _op("where", 3, _where, ref.where, "elementwise", "cond ? a : b, broadcasting all three."),
     # reductions and normalizations
     _op("sum", 1, _sum, ref.sum, "reduction", "Sum over dims.", _reduction_flops, **_DIMS),
     _op("mean", 1, _mean, ref.mean, "reduction", "Mean over dims.", _reduction_flops, **_DIMS),
     _op("amax", 1, _amax, ref.amax, "reduction", "Max over dims.", _reduction_flops, **_DIMS),
+    _op("cumsum", 1, _cumsum, ref.cumsum, "reduction",
+        "Running sum along dim (position ids from a mask); dtype converts the input first.",
+        _reduction_flops, dim=AttrSpec("int"), dtype=AttrSpec("dtype", None, optional=True)),
     _op("softmax", 1, _softmax, ref.softmax, "reduction", "Softmax along dim.", _norm_flops,
         dim=AttrSpec("int")),
     _op("log_softmax", 1, _softmax, ref.log_softmax, "reduction", "Log-softmax along dim.",
@@ -794,6 +907,10 @@ _DECLS: list[OpDef] = [
         "indices."),
     _op("gather", 2, _gather, ref.gather, "layout", "torch.gather along dim.",
         dim=AttrSpec("int")),
+    _op("index", (2, None), _index_take, ref.index, "layout",
+        "x[:, ..., i0, i1, ...] (aten.index) with integer index tensors on the adjacent dims "
+        "from dim on: their broadcast shape replaces those dims; negative indices count from "
+        "the end. Inputs: x, then one index per indexed dim.", dim=AttrSpec("int")),
     # pooling
     _op("memory_format", 1, _memory_format, ref.memory_format, "layout",
         "The same NCHW tensor stored another way: nhwc (torch.channels_last) or nchw "
@@ -825,6 +942,10 @@ _DECLS: list[OpDef] = [
         dims=AttrSpec("ints")),
     _op("expand", 1, _expand, ref.expand, "layout", "Broadcast to shape (-1 keeps a dim).",
         shape=AttrSpec("ints")),
+    _op("pad", 1, _pad, ref.pad, "layout",
+        "F.pad: pads lists (before, after) pairs from the last dim backwards; mode constant "
+        "(fills value), reflect (mirrors without the edge) or replicate (repeats the edge).",
+        pads=AttrSpec("ints"), mode=AttrSpec("str", "constant"), value=AttrSpec("float", 0.0)),
     # sources
     _op("arange", 0, _arange, ref.arange, "source", "[start, end) by step.",
         start=AttrSpec("float"), end=AttrSpec("float"), step=AttrSpec("float", 1.0),

@@ -198,3 +198,61 @@ def build(name: str, batch: int = 2) -> tuple[nn.Module, Inputs]:
 def call(model: Callable, inputs: Inputs) -> Any:
     """`model(**inputs)` or `model(*inputs)`."""
     return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+
+
+# --- coverage table ------------------------------------------------------------------------------
+
+# layers with a weight (a matmul by a constant becomes a linear in canonicalize); matmuls of two
+# activations (attention scores) are not layers int8 quantizes
+WEIGHT_LAYERS = frozenset({"linear", "fused_linear", "conv2d", "fused_conv2d"})
+
+
+def _relative_error(got: Any, want: Any) -> float:
+    import torch.utils._pytree as pytree
+
+    pairs = [(g, w) for g, w in zip(pytree.tree_flatten(got)[0], pytree.tree_flatten(want)[0])
+             if isinstance(w, torch.Tensor) and w.is_floating_point()]
+    return max(float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)) for g, w in pairs)
+
+
+def coverage_row(name: str, batch: int = 2) -> dict[str, Any]:
+    """One model through `reference`, `cpu` and calibrated `cpu-int8`: fallbacks, error vs eager
+    (largest |error| over the largest |output|), layers with weights quantized of all."""
+    from fxforge import compile
+
+    model, inputs = build(name, batch)
+    with torch.no_grad():
+        want = call(model, inputs)
+    row: dict[str, Any] = {"model": name, "kind": HF_ZOO[name].kind}
+    for target in ("reference", "cpu"):
+        fast = compile(model, target)
+        row[target] = _relative_error(call(fast, inputs), want)
+        row["fallbacks"] = sorted({f.aten for f in fast.report.fallbacks})
+    row["nodes"] = len(fast.graph.nodes)
+    layers = sum(n.op in WEIGHT_LAYERS for n in fast.graph.nodes)
+    positional = tuple(inputs.values()) if isinstance(inputs, dict) else inputs
+    int8 = compile(model, "cpu-int8", calibration=[positional])
+    row["cpu-int8"] = _relative_error(call(int8, inputs), want)
+    row["int8 layers"] = f"{len(int8.report.latest.quantization.layers)}/{layers}"
+    return row
+
+
+def coverage_table(names: list[str] | None = None, batch: int = 2) -> str:
+    """The zoo as a markdown table (`python -m fxforge.zoo_hf`)."""
+    from tqdm.auto import tqdm
+
+    lines = ["| model | kind | nodes | fallbacks | reference | cpu | cpu-int8 | int8 layers |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for name in tqdm(names or list(HF_ZOO), desc="zoo", unit="model", leave=False, disable=None):
+        r = coverage_row(name, batch)
+        lines.append(f"| {r['model']} | {r['kind']} | {r['nodes']} | "
+                     f"{', '.join(r['fallbacks']) or 'none'} | {r['reference']:.1e} | "
+                     f"{r['cpu']:.1e} | {r['cpu-int8']:.1e} | {r['int8 layers']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    print(coverage_table())

@@ -112,6 +112,18 @@ def erf(x):
     return _erf(_wide(x).astype(np.float64))
 
 
+def sin(x):
+    return np.sin(_wide(x).astype(np.float64))
+
+
+def cos(x):
+    return np.cos(_wide(x).astype(np.float64))
+
+
+def bitwise_not(x):
+    return np.invert(x)  # bool: logical not; integers: ~x
+
+
 def neg(x):
     return np.negative(x)
 
@@ -157,6 +169,9 @@ lt = _binary(np.less)
 le = _binary(np.less_equal)
 gt = _binary(np.greater)
 ge = _binary(np.greater_equal)
+bitwise_and = _binary(np.bitwise_and)
+bitwise_or = _binary(np.bitwise_or)
+bitwise_xor = _binary(np.bitwise_xor)
 
 
 def div(a, b):
@@ -187,6 +202,18 @@ def mean(x, *, dims, keepdim):
 
 def amax(x, *, dims, keepdim):
     return np.max(x, axis=_axes(x, dims), keepdims=keepdim)
+
+
+def cumsum(x, *, dim, dtype):
+    """Converted to dtype first (torch's dtype=), then summed in float64 or int64 (torch's CPU
+    kernel accumulates wide too); a 0-d x sums like a 1-d one."""
+    from fxforge import dtypes  # not at the top: compiler imports this module
+
+    if dtype is not None:
+        x = x.astype(dtypes.to_numpy(dtype))
+    acc = np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64
+    x1 = np.atleast_1d(x)
+    return np.cumsum(x1, axis=dim % x1.ndim, dtype=acc).reshape(x.shape)
 
 
 def softmax(x, *, dim):
@@ -295,6 +322,13 @@ def gather(x, index, *, dim):
     return np.take_along_axis(x1[corner], index1, axis=axis).reshape(index.shape)
 
 
+def index(x, *indices, dim):
+    """numpy's advanced indexing is torch's: adjacent index arrays broadcast together and their
+    shape takes the indexed dims' place; negative indices count from the end."""
+    lead = (builtins.slice(None),) * (dim % x.ndim)
+    return np.asarray(x[lead + tuple(np.asarray(i, dtype=np.int64) for i in indices)])
+
+
 # --- pooling ------------------------------------------------------------------------------------
 
 
@@ -384,6 +418,26 @@ def expand(x, *, shape):
     lead = len(shape) - x.ndim
     target = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)]
     return np.broadcast_to(x, target)
+
+
+def _fill(x, value):
+    """A pad value in x's dtype as torch converts it: integers truncate toward zero."""
+    if x.dtype == np.bool_:
+        return np.bool_(value)
+    if np.issubdtype(x.dtype, np.integer):
+        return np.array(int(value)).astype(x.dtype)
+    return value
+
+
+def pad(x, *, pads, mode, value):
+    if not any(pads):
+        return x
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pads) // 2):
+        widths[x.ndim - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    if mode == "constant":
+        return np.pad(x, widths, constant_values=_fill(x, value))
+    return np.pad(x, widths, mode={"reflect": "reflect", "replicate": "edge"}[mode])
 
 
 # --- sources ------------------------------------------------------------------------------------

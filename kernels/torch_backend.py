@@ -83,6 +83,18 @@ def _squeeze(x, *, dims):
     return torch.squeeze(x, dims) if dims else x
 
 
+def _cumsum(x, *, dim, dtype):
+    return torch.cumsum(x, dim, dtype=dtypes.to_torch(dtype) if dtype is not None else None)
+
+
+def _index(x, *indices, dim):
+    return x[(slice(None),) * (dim % x.dim()) + indices]  # torch's x[:, ..., i0, i1]
+
+
+def _pad(x, *, pads, mode, value):
+    return F.pad(x, pads, mode=mode, value=value if mode == "constant" else None)
+
+
 def _arange(*, start, end, step, dtype, device):
     if not dtypes.is_float(dtype):  # torch's own integer arange: it truncates start and step
         return torch.arange(start, end, step, dtype=dtypes.to_torch(dtype), device=device)
@@ -168,6 +180,9 @@ TORCH_IMPLS = {
     "exp": _no_attrs(torch.exp),
     "log": _no_attrs(torch.log),
     "erf": _no_attrs(torch.erf),
+    "sin": _no_attrs(torch.sin),
+    "cos": _no_attrs(torch.cos),
+    "bitwise_not": _no_attrs(torch.bitwise_not),
     "neg": _no_attrs(torch.neg),
     "abs": _no_attrs(torch.abs),
     "cast": lambda x, *, dtype: x.to(dtypes.to_torch(dtype)),
@@ -184,10 +199,14 @@ TORCH_IMPLS = {
     "le": _no_attrs(torch.le),
     "gt": _no_attrs(torch.gt),
     "ge": _no_attrs(torch.ge),
+    "bitwise_and": _no_attrs(torch.bitwise_and),
+    "bitwise_or": _no_attrs(torch.bitwise_or),
+    "bitwise_xor": _no_attrs(torch.bitwise_xor),
     "where": _no_attrs(torch.where),
     "sum": _reduce(torch.sum),
     "mean": _reduce(torch.mean),
     "amax": _reduce(torch.amax),
+    "cumsum": _cumsum,
     "softmax": lambda x, *, dim: torch.softmax(x, dim),
     "log_softmax": lambda x, *, dim: torch.log_softmax(x, dim),
     "batch_norm": _batch_norm,
@@ -198,6 +217,7 @@ TORCH_IMPLS = {
     "scaled_dot_product_attention": _sdpa,
     "embedding": lambda weight, indices: F.embedding(indices, weight),
     "gather": lambda x, index, *, dim: torch.gather(x, dim, index),
+    "index": _index,
     "max_pool2d": _max_pool2d,
     "avg_pool2d": _avg_pool2d,
     "adaptive_avg_pool2d": lambda x, *, output_size: F.adaptive_avg_pool2d(x, output_size),
@@ -210,6 +230,7 @@ TORCH_IMPLS = {
     "unsqueeze": lambda x, *, dim: torch.unsqueeze(x, dim),
     "squeeze": _squeeze,
     "expand": lambda x, *, shape: x.expand(shape),
+    "pad": _pad,
     "arange": _arange,
     "full": _full,
     "torch_op": lambda *xs, target, args, kwargs, device: call_on_tensors(target, args, kwargs,

@@ -148,8 +148,9 @@ def _is_neg_inf(rw: Rewriter, v: Value) -> bool:
 def _not(rw: Rewriter, cond: Value, provenance: Provenance) -> Value:
     """The negation of a bool value: the input of a `bitwise_not`, else cond == false."""
     p = rw.producer(cond)
-    if (p is not None and p.op == "torch_op" and p.attrs["target"] == "aten.bitwise_not.default"
-            and len(p.inputs) == 1 and _same_type(p.inputs[0], cond)):
+    negation = p is not None and (p.op == "bitwise_not" or (
+        p.op == "torch_op" and p.attrs["target"] == "aten.bitwise_not.default"))
+    if negation and len(p.inputs) == 1 and _same_type(p.inputs[0], cond):
         return p.inputs[0]
     false = rw.const(np.array(False), provenance)
     return rw.emit("eq", [cond, false], provenance=provenance).output

@@ -176,6 +176,15 @@ def test_a_failed_export_leaves_the_model_and_its_training_flags():
     assert int(model.bn.num_batches_tracked) == 0  # eval during capture: no statistics update
 
 
+def test_a_data_dependent_size_is_a_capture_error_with_a_hint():
+    class Masked(nn.Module):
+        def forward(self, x):
+            return x[x > 0]
+
+    with pytest.raises(CaptureError, match="(?s)depends on the data.*torch.where"):
+        compile(Masked(), "cpu", example_inputs=torch.randn(5))
+
+
 # --- options ---------------------------------------------------------------------------------
 
 
