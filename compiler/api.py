@@ -6,13 +6,15 @@ weights are copied into the IR). Calls are matched on their input signature (tre
 shapes, dtypes and non-tensor values): one capture per signature, cached.
 
 Threads: a compiled model may be called from many threads at once. The first call of a new
-signature captures under the model's lock while the others wait for it (then find the entry);
-calls of a known signature take no lock (programs keep no per-call state).
+signature captures under the process-wide export lock and then the model's lock (always in that
+order, so nested compiled models cannot deadlock) while the others wait for it (then find the
+entry); calls of a known signature take no lock (programs keep no per-call state).
 """
 
 from __future__ import annotations
 
 import inspect
+import numbers
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from fxforge import dtypes
-from fxforge.capture import Captured, capture
+from fxforge.capture import EXPORT_LOCK, Captured, capture
 from fxforge.errors import InputError, OptionError
 from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph
@@ -35,7 +37,6 @@ from fxforge.quantization import (
     Quantization,
     QuantOptions,
     check_keep_float,
-    check_keep_float_names,
     check_min_sqnr,
 )
 from fxforge.report import CompileRecord, Report, count_flops, count_params
@@ -182,7 +183,9 @@ class CompiledModel:
         if key is None:
             args, kwargs = self._bind(args, kwargs)
             key, _ = self._key(args, kwargs)
-        with self._lock:
+        # the process-wide export lock first, always: a forward that calls another compiled
+        # model while being captured must not hold this model's lock against that one's
+        with EXPORT_LOCK, self._lock:
             entry = self._entries.get(key)  # another thread may have captured it meanwhile
             return entry if entry is not None else self._capture_entry(args, kwargs, key)
 
@@ -194,8 +197,6 @@ class CompiledModel:
         if self._quant is not None and not kwargs:
             captured = self._quant.captured_for(args)
         captured = captured or capture(self._model, args, kwargs)
-        if self._quant is not None:
-            check_keep_float_names(self._quant.options.keep_float, captured.graph)
         names = self._leaf_names(args, kwargs)
         signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
         subdir = "" if not self._entries else f"capture-{len(self._entries) + 1}"
@@ -310,9 +311,10 @@ def output_names(captured: Captured) -> list[str]:
 def _weight_bits(target: Target, asked: int | None) -> int:
     if asked is None:
         return int8_scheme.detect().weight_bits if target.backend == "torch" else 8
-    if type(asked) is not int or asked not in WEIGHT_BITS:
+    if not isinstance(asked, numbers.Integral) or isinstance(asked, bool) \
+            or int(asked) not in WEIGHT_BITS:
         raise OptionError(f"weight_bits must be one of {WEIGHT_BITS}, got {asked!r}")
-    return asked
+    return int(asked)
 
 
 def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any = None,  # noqa: A001

@@ -106,7 +106,7 @@ def capture_error(tree: ShadowTree, model_name: str, exc: BaseException) -> Capt
 
 
 # torch.export keeps global state (fake modes, dynamo config) while it traces: one at a time.
-_EXPORT_LOCK = threading.RLock()
+EXPORT_LOCK = threading.RLock()
 
 
 def export(model: torch.nn.Module, args: tuple, kwargs: dict
@@ -114,13 +114,13 @@ def export(model: torch.nn.Module, args: tuple, kwargs: dict
     """torch.export in inference mode, functionalized, of a shadow of `model` (see
     `fxforge.shadow`): the user's module, its flags and its tensors are never touched."""
     tree = ShadowTree(model)
-    with _EXPORT_LOCK:
+    with EXPORT_LOCK:
         try:
-            tree.root.eval()
-            args, kwargs = flat_inputs(tree.root, args, kwargs)
+            exported, args, kwargs = flat_inputs(tree.root, args, kwargs)
+            exported.eval()
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-                program = torch.export.export(tree.root, args, kwargs, strict=False)
+                program = torch.export.export(exported, args, kwargs, strict=False)
                 return program.run_decompositions({}), tree
         except Exception as exc:
             raise capture_error(tree, type(model).__name__, exc) from exc

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fxforge.dumps import DumpWarning, DumpWriter, load_dump  # noqa: F401 - re-exported here
-from fxforge.errors import PipelineError
+from fxforge.errors import OptionError, PipelineError
 from fxforge.ir import Graph
 from fxforge.passes import registry as pass_registry  # PASSES read at call time
 from fxforge.printer import print_graph
@@ -141,6 +141,8 @@ class PassManager:
             start = time.perf_counter()
             try:
                 new, stats = pass_registry.PASSES[name](graph, **self.options.get(name, {}))
+            except OptionError:  # an option the user gave is wrong: theirs to fix, not the pass's
+                raise
             except Exception as e:
                 raise PipelineError(f"pass {name!r} failed: {type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - start

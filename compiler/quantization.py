@@ -18,10 +18,9 @@ and end to end: SQNR, cosine similarity and max abs error of each model output.
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from fxforge.capture import Captured, capture
 from fxforge.errors import CalibrationError, FxforgeError, OptionError
 from fxforge.execute import TorchProgram
 from fxforge.ir import Graph, Node
-from fxforge.passes.quantize import QUANTIZABLE, keeps, layer_names, quantize_graph
+from fxforge.passes.quantize import check_keep_float_names, quantize_graph
 from fxforge.pipeline import DebugOptions, PassManager
 
 
@@ -130,25 +129,6 @@ def check_keep_float(value: Any) -> tuple[str, ...]:
     return names
 
 
-def check_keep_float_names(names: Iterable[str], graph: Graph) -> None:
-    """Every keep_float name must name a layer of `graph` (see `passes.quantize.layer_names`),
-    a module holding layers, or a value: a typo would otherwise quantize the very layer the
-    user meant to protect, without a word."""
-    per_layer = [layer_names(graph, n) for n in graph.nodes if n.op in QUANTIZABLE]
-    values = {v.name for n in graph.nodes for v in n.outputs}
-    unknown = [k for k in names if k not in values and not any(keeps((k,), ns)
-                                                                 for ns in per_layer)]
-    if not unknown:
-        return
-    modules = sorted({name for ns in per_layer for name in ns if name not in values})
-    lines = [f"  {k!r}: closest layers: "
-             f"{', '.join(difflib.get_close_matches(k, modules, n=5, cutoff=0.4)) or '(none)'}"
-             for k in unknown]
-    shown = ", ".join(modules[:20]) + (" ..." if len(modules) > 20 else "")
-    raise OptionError("keep_float names no layer of the model:\n" + "\n".join(lines)
-                      + f"\n  its quantizable layers: {shown or '(none)'}")
-
-
 class Quantization:
     def __init__(self, model: torch.nn.Module, options: QuantOptions,
                  float_pipeline: Sequence[str], debug: DebugOptions):
@@ -188,8 +168,8 @@ class Quantization:
             except FxforgeError as e:
                 raise CalibrationError(f"calibration sample {index} does not fit the model: "
                                        f"{e}") from e
-            if not self._graphs:  # a keep_float typo fails before calibration runs
-                check_keep_float_names(self.options.keep_float, captured.graph)
+            if not self._graphs:  # a keep_float typo fails before calibration runs (names are
+                check_keep_float_names(self.options.keep_float, graph)  # matched as quantize will)
             self._graphs[key] = (captured, graph)
         return self._graphs[key]
 

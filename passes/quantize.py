@@ -26,12 +26,14 @@ speaks the names it had; `layers` in the stats maps each quantized layer to its 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from fxforge import ops, quant_math
+from fxforge.errors import OptionError
 from fxforge.ir import Graph, Node, Provenance, Value
 from fxforge.passes.rewrite import Rewriter
 
@@ -79,6 +81,29 @@ def layer_names(graph: Graph, node: Node) -> set[str]:
 def keeps(keep: Iterable[str], names: Iterable[str]) -> bool:
     """A keep_float entry keeps a layer it names, and every layer inside a module it names."""
     return any(n == k or n.startswith(k + ".") for k in keep for n in names)
+
+
+def check_keep_float_names(names: Iterable[str], graph: Graph) -> None:
+    """Every keep_float name must name a layer of `graph` (see `layer_names`), a module holding
+    layers, or a value of it: a typo would otherwise quantize the very layer the user meant to
+    protect, without a word. Names are matched on the graph quantize sees, after the float
+    passes (fusion renames values, merged sibling layers become one)."""
+    per_layer = [layer_names(graph, n) for n in graph.nodes if n.op in QUANTIZABLE]
+    values = {v.name for n in graph.nodes for v in n.outputs}
+    unknown = [k for k in names if k not in values and not any(keeps((k,), ns)
+                                                                 for ns in per_layer)]
+    if not unknown:
+        return
+    layers = sorted({m for n in graph.nodes if n.op in QUANTIZABLE
+                     for m in layer_names(graph, n) - {n.outputs[0].name}
+                     or {n.outputs[0].name}})  # value names only where a layer has no module
+    lines = [f"  {k!r}: closest: "
+             f"{', '.join(difflib.get_close_matches(k, layers, n=5, cutoff=0.4)) or '(none)'}"
+             for k in unknown]
+    shown = ", ".join(layers[:20]) + (" ..." if len(layers) > 20 else "")
+    raise OptionError("keep_float names no layer of the model (names are matched after the "
+                      "float passes; see compiled.graph):\n" + "\n".join(lines)
+                      + f"\n  its quantizable layers: {shown or '(none)'}")
 
 
 class _Quantizer:
@@ -298,6 +323,7 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, Range] | None = None,
     """Quantize `graph` (see the module doc). `ranges`: calibrated (lo, hi) per float value
     name, or None for dynamic quantization everywhere. `weight_bits`: 8, or 7 for CPUs whose
     int8 kernels sum pairs of products in 16 bits (`kernels/int8_scheme.py`)."""
+    check_keep_float_names(keep_float, graph)
     q = _Quantizer(graph, ranges, keep_float, weight_bits)
     new = q.run()
     stats = {"quantized": len(q.layers),

@@ -11,12 +11,14 @@ untouched.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor
 from untouched import assert_untouched, snapshot
 
@@ -95,6 +97,41 @@ def test_two_compiled_models_of_one_module_capture_side_by_side():
     assert_untouched(model, before)
     for r in results:
         torch.testing.assert_close(r, model(x), rtol=RTOL, atol=ATOL)
+
+
+def test_a_forward_calling_another_compiled_model_cannot_deadlock():
+    # thread A captures `outer`, whose forward calls `inner`; thread B makes inner's first call
+    inner = nn.Sequential(nn.Linear(3, 3)).eval()
+    fast_inner = compile(inner, "cpu")
+    started = threading.Event()
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            started.set()
+            time.sleep(0.5)  # B starts while A is inside the export
+            return fast_inner(self.lin(x))
+
+    fast_outer = compile(Outer().eval(), "cpu")
+    errors = []
+
+    def call_outer():
+        try:
+            fast_outer(torch.randn(2, 3))
+        except fxforge.FxforgeError as e:  # a nested export may be refused; it must not hang
+            errors.append(e)
+
+    a = threading.Thread(target=call_outer, daemon=True)
+    b = threading.Thread(target=lambda: fast_inner(torch.randn(5, 3)), daemon=True)
+    a.start()
+    started.wait(10)
+    b.start()
+    a.join(60)
+    b.join(60)
+    assert not a.is_alive() and not b.is_alive(), "deadlocked"
 
 
 # --- failures half-way -----------------------------------------------------------------------
@@ -218,7 +255,8 @@ def test_a_keep_float_typo_lists_the_closest_layers():
     with pytest.raises(OptionError) as info:
         compile(_model(), "cpu-int8", calibration=[x], keep_float=["30"], example_inputs=x)
     message = str(info.value)
-    assert "'30': closest layers: 3, 0" in message or "'30': closest layers: 0, 3" in message
+    assert "'30': closest: 3, 0" in message or "'30': closest: 0, 3" in message
+    assert "its quantizable layers: 0, 3\n" in message + "\n"
 
 
 class _Attention(nn.Module):
@@ -317,7 +355,9 @@ def test_a_weight_with_inf_stays_float_and_says_why():
 _HOSTILE_TARGETS = ["aten.__dict__.__setitem__", "aten.mm.__call__", "aten.mm.overloads",
                     "aten.mm.__class__", "aten.__getattr__.default", "aten.no_such_op.default",
                     "aten.add.no_such_overload", "builtins.open.default", "aten.mm", "aten..x",
-                    "aten.mm.default.extra", "aten.mm.default\n"]
+                    "aten.mm.default.extra", "aten.mm.default\n", "aten.from_file.default",
+                    "aten.save.default", "aten.fill_.Scalar", "aten.add.out", "aten.copy_.default",
+                    "aten.index_put_.default"]
 
 
 @pytest.mark.parametrize("target", ["aten.__and__.Tensor", "aten.__or__.Tensor", "aten.mm.default",
@@ -355,3 +395,31 @@ def test_the_reported_torch_op_dump_cannot_reach_into_torch():
 def test_malformed_torch_op_arguments_are_typed_errors(encoded):
     with pytest.raises(opaque.OpaqueOpError):
         opaque.decode((encoded,), [torch.ones(1)], torch.device("cpu"))
+
+
+def test_keep_float_names_are_matched_on_the_graph_quantize_sees():
+    class Siblings(nn.Module):  # two linears of one input are merged into `merged0`
+        def __init__(self):
+            super().__init__()
+            self.wq = nn.Parameter(torch.randn(64, 64) / 8)
+            self.wk = nn.Parameter(torch.randn(64, 64) / 8)
+
+        def forward(self, x):
+            return F.linear(x, self.wq), F.linear(x, self.wk)
+
+    model, x = Siblings().eval(), torch.randn(4, 64)
+    plain = compile(model, "cpu-int8", example_inputs=x, calibration=[x])
+    names = [layer.module for layer in plain.report.latest.quantization.layers]
+    # a name the report's layer table shows is accepted, and keeps that layer float
+    kept = compile(model, "cpu-int8", example_inputs=x, calibration=[x], keep_float=names[:1])
+    assert len(kept.report.latest.quantization.layers) == len(names) - 1
+    # a value name fusion took away is refused, dynamic or calibrated, not silently ignored
+    for calibration in (None, [x]):
+        with pytest.raises(OptionError, match="'linear'"):
+            compile(nn.Sequential(nn.Linear(64, 64), nn.ReLU()).eval(), "cpu-int8",
+                    example_inputs=x, calibration=calibration, keep_float=["linear"])
+
+
+def test_weight_bits_takes_numpy_integers():
+    fast = compile(_model(), "cpu-int8", weight_bits=np.int64(8))
+    assert "8-bit" in fast.report.int8

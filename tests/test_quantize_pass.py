@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from passes_util import dedent_ir
 from random_graphs import random_graphs, random_inputs
 
-from fxforge import parse_ir
+from fxforge import OptionError, parse_ir
 from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph, digest_of
 from fxforge.passes import registry as passes
@@ -343,7 +343,9 @@ def test_static_cnn_keep_float_by_value_name():
     b, so the stem writes float; the cat, the max_pool and the reshape run in float, and the
     head quantizes its input f."""
     graph = _float_graph(CNN, CNN_CONSTANTS)
-    q, stats = _quantize(graph, CNN_RANGES, keep_float=["b", "no.such.module"])
+    q, stats = _quantize(graph, CNN_RANGES, keep_float=["b"])
+    with pytest.raises(OptionError, match="'no.such.module'"):  # a typo is not ignored
+        _quantize(graph, CNN_RANGES, keep_float=["b", "no.such.module"])
     ops = {n.outputs[0].name: n.op for n in q.nodes}
     assert (ops["a"], ops["b"], ops["c"], ops["p"], ops["f"], ops["y"]) == (
         "qconv2d", "fused_conv2d", "cat", "max_pool2d", "reshape", "qlinear")
