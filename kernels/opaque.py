@@ -39,13 +39,29 @@ def resolve(target: str) -> torch._ops.OpOverload:
         raise OpaqueOpError(f"torch_op target {target!r} is not of the form aten.name.overload")
     namespace, name, overload = target.split(".")
     try:  # the registry of operators, not the attributes of Python objects (aten.__and__ is one)
-        torch._C._get_schema(f"{namespace}::{name}", "" if overload == "default" else overload)
+        schema = torch._C._get_schema(f"{namespace}::{name}",
+                                      "" if overload == "default" else overload)
     except RuntimeError:
         raise OpaqueOpError(f"torch_op target {target!r} is not an operator torch has") from None
+    why = _why_refused(schema)
+    if why is not None:
+        raise OpaqueOpError(f"torch_op target {target!r} {why}; a captured graph never holds "
+                            "one, so IR that names it is refused")
     op = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     if not isinstance(op, torch._ops.OpOverload):
         raise OpaqueOpError(f"torch_op target {target!r} is not an operator overload")
     return op
+
+
+def _why_refused(schema: Any) -> str | None:
+    """Operators a functionalized inference graph never calls, and IR text must not either:
+    those that write to their arguments (in-place, `out=`) and those that touch files."""
+    if schema.is_mutable:
+        return "writes to its arguments"
+    if any(str(a.type).startswith(("str", "Optional[str]")) and "file" in a.name
+           for a in schema.arguments):
+        return "reads or writes a file"
+    return None
 
 
 def target_name(op: Any) -> str:
