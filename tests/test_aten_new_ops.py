@@ -9,27 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from eager_match import compiled_matches
 
 import fxforge
 
 TARGETS = ["reference", "cpu"]
-
-
-def _compiled_matches(model: nn.Module, inputs: tuple, target: str) -> fxforge.CompiledModel:
-    """Compile for `target`, insist that nothing fell back, compare every output with eager:
-    floats at fp32 tolerance, integers and bools exactly (and dtypes always)."""
-    model = model.eval()
-    compiled = fxforge.compile(model, target, example_inputs=inputs)
-    assert compiled.report.fallbacks == [], compiled.report.fallbacks
-    with torch.no_grad():
-        want = model(*inputs)
-    got = compiled(*inputs)
-    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        exact = not w.is_floating_point()
-        torch.testing.assert_close(g, w, rtol=0 if exact else 1e-4, atol=0 if exact else 1e-5)
-    return compiled
 
 
 def _ops(compiled: fxforge.CompiledModel) -> set[str]:
@@ -72,14 +56,14 @@ class IntegerBits(nn.Module):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_bool_mask_logic(target):
-    compiled = _compiled_matches(CausalAndPadding(), (_padded_mask(),), target)
+    compiled = compiled_matches(CausalAndPadding(), (_padded_mask(),), target)
     assert {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not"} <= _ops(compiled)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_integer_bitwise_ops(target):
     ids = torch.randint(-20, 20, (2, 7))
-    _compiled_matches(IntegerBits(), (ids,), target)
+    compiled_matches(IntegerBits(), (ids,), target)
 
 
 # --- position ids (RoBERTa, GPT-2's padded positions) -------------------------------------------
@@ -101,7 +85,7 @@ class PositionIds(nn.Module):
 @pytest.mark.parametrize("target", TARGETS)
 def test_cumsum_position_ids(target):
     ids = torch.randint(0, 10, (2, 8))
-    compiled = _compiled_matches(PositionIds(), (ids, _padded_mask()), target)
+    compiled = compiled_matches(PositionIds(), (ids, _padded_mask()), target)
     assert "cumsum" in _ops(compiled)
 
 
@@ -112,7 +96,7 @@ class RunningMean(nn.Module):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_cumsum_float(target):
-    _compiled_matches(RunningMean(), (torch.randn(2, 5, 3),), target)
+    compiled_matches(RunningMean(), (torch.randn(2, 5, 3),), target)
 
 
 # --- advanced indexing ----------------------------------------------------------------------------
@@ -143,13 +127,13 @@ class MaskLookup(nn.Module):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_index_one_tensor(target):
-    compiled = _compiled_matches(TakeAlong(), (torch.randn(5, 3, 6),), target)
+    compiled = compiled_matches(TakeAlong(), (torch.randn(5, 3, 6),), target)
     assert "index" in _ops(compiled)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_index_mask_lookup(target):
-    compiled = _compiled_matches(MaskLookup(), (_padded_mask(),), target)
+    compiled = compiled_matches(MaskLookup(), (_padded_mask(),), target)
     assert "index" in _ops(compiled)
 
 
@@ -189,13 +173,13 @@ class TfSamePadConv(nn.Module):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_pad_modes(target):
-    compiled = _compiled_matches(Pads(), (torch.randn(2, 3, 5, 6),), target)
+    compiled = compiled_matches(Pads(), (torch.randn(2, 3, 5, 6),), target)
     assert "pad" in _ops(compiled)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_tf_same_padding_before_conv(target):
-    _compiled_matches(TfSamePadConv(), (torch.randn(2, 3, 8, 8),), target)
+    compiled_matches(TfSamePadConv(), (torch.randn(2, 3, 8, 8),), target)
 
 
 class IntegerPad(nn.Module):
@@ -205,7 +189,7 @@ class IntegerPad(nn.Module):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_pad_integer_and_bool(target):
-    _compiled_matches(IntegerPad(), (torch.randint(-5, 5, (2, 6)),), target)
+    compiled_matches(IntegerPad(), (torch.randint(-5, 5, (2, 6)),), target)
 
 
 class Crop(nn.Module):
@@ -243,7 +227,7 @@ class Rotary(nn.Module):
 def test_rotary_sin_cos(target):
     q = torch.randn(2, 4, 16, 8)
     positions = torch.arange(16)[None].expand(2, -1) + 500
-    compiled = _compiled_matches(Rotary(), (q, positions), target)
+    compiled = compiled_matches(Rotary(), (q, positions), target)
     assert {"sin", "cos"} <= _ops(compiled)
 
 
@@ -257,6 +241,6 @@ class MinMax(nn.Module):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_min_max_other(target):
-    compiled = _compiled_matches(MinMax(), (torch.randn(3, 5), torch.randint(0, 12, (4, 4))),
+    compiled = compiled_matches(MinMax(), (torch.randn(3, 5), torch.randint(0, 12, (4, 4))),
                                  target)
     assert {"minimum", "maximum"} <= _ops(compiled)

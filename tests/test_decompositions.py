@@ -8,25 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from eager_match import compiled_matches
 
 import fxforge
 
 FLOAT_TARGETS = ["reference", "cpu"]
-
-
-def _compiled_matches(model, inputs, target, exact=False):
-    """Compile `model` for `target`, insist that nothing fell back, compare with eager."""
-    model = model.eval()
-    compiled = fxforge.compile(model, target, example_inputs=inputs)
-    assert compiled.report.fallbacks == [], compiled.report.fallbacks
-    with torch.no_grad():
-        want = model(*inputs)
-    got = compiled(*inputs)
-    if exact:
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-    else:
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    return compiled
 
 
 def _ops(compiled) -> list[str]:
@@ -54,14 +40,14 @@ def test_conv1d_module_becomes_conv2d(variant, target):
     torch.manual_seed(0)
     out_channels = 4 if variant == "depthwise" else 6
     model = nn.Conv1d(4, out_channels, 3, **CONV1D_VARIANTS[variant])
-    compiled = _compiled_matches(model, (torch.randn(2, 4, 17),), target)
+    compiled = compiled_matches(model, (torch.randn(2, 4, 17),), target)
     assert any(op in ("conv2d", "fused_conv2d") for op in _ops(compiled)), _ops(compiled)
 
 
 @pytest.mark.parametrize("target", FLOAT_TARGETS)
 def test_conv1d_on_an_unbatched_input(target):
     torch.manual_seed(0)
-    _compiled_matches(nn.Conv1d(3, 5, 3, padding=1), (torch.randn(3, 11),), target)
+    compiled_matches(nn.Conv1d(3, 5, 3, padding=1), (torch.randn(3, 11),), target)
 
 
 class FunctionalConv1d(nn.Module):
@@ -75,7 +61,7 @@ class FunctionalConv1d(nn.Module):
 def test_conv1d_with_a_weight_computed_at_run_time(target):
     torch.manual_seed(0)
     inputs = (torch.randn(2, 4, 15), torch.randn(6, 2, 3))
-    _compiled_matches(FunctionalConv1d(), inputs, target)
+    compiled_matches(FunctionalConv1d(), inputs, target)
 
 
 class RawConvolution(nn.Module):
@@ -93,7 +79,7 @@ class RawConvolution(nn.Module):
 @pytest.mark.parametrize("target", FLOAT_TARGETS)
 def test_one_dimensional_aten_convolution(target):
     torch.manual_seed(0)
-    _compiled_matches(RawConvolution(), (torch.randn(2, 3, 12),), target)
+    compiled_matches(RawConvolution(), (torch.randn(2, 3, 12),), target)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -145,13 +131,13 @@ def test_group_norm(groups, shape, target):
         model.weight.normal_()
         model.bias.normal_()
     x = torch.randn(*shape) * 3 + 1
-    _compiled_matches(model, (x,), target)
+    compiled_matches(model, (x,), target)
 
 
 @pytest.mark.parametrize("target", FLOAT_TARGETS)
 def test_group_norm_without_affine(target):
     torch.manual_seed(0)
-    _compiled_matches(nn.GroupNorm(3, 6, affine=False, eps=1e-3), (torch.randn(3, 6, 7),), target)
+    compiled_matches(nn.GroupNorm(3, 6, affine=False, eps=1e-3), (torch.randn(3, 6, 7),), target)
 
 
 class FunctionalGroupNorm(nn.Module):
@@ -163,7 +149,7 @@ class FunctionalGroupNorm(nn.Module):
 def test_group_norm_with_run_time_affine(target):
     torch.manual_seed(0)
     inputs = (torch.randn(2, 8, 10), torch.randn(8), torch.randn(8))
-    _compiled_matches(FunctionalGroupNorm(), inputs, target)
+    compiled_matches(FunctionalGroupNorm(), inputs, target)
 
 
 # --- weight norm --------------------------------------------------------------------------------
@@ -190,7 +176,7 @@ class WeightNormedConv(nn.Module):
 def test_weight_norm_folds_into_the_weight(parametrized, dim, target):
     torch.manual_seed(0)
     model = WeightNormedConv(dim, parametrized)
-    compiled = _compiled_matches(model, (torch.randn(2, 4, 9),), target)
+    compiled = compiled_matches(model, (torch.randn(2, 4, 9),), target)
     assert "sqrt" not in _ops(compiled)  # v and g are constants: the norm is folded away
 
 
@@ -211,7 +197,7 @@ def test_weight_norm_computed_at_run_time(dim, target):
     torch.manual_seed(0)
     v = torch.randn(5, 3, 4)
     g_shape = () if dim == -1 else tuple(s if i == dim else 1 for i, s in enumerate(v.shape))
-    _compiled_matches(RawWeightNorm(dim), (v, torch.rand(g_shape) + 0.5), target)
+    compiled_matches(RawWeightNorm(dim), (v, torch.rand(g_shape) + 0.5), target)
 
 
 # --- diff ---------------------------------------------------------------------------------------
@@ -254,17 +240,17 @@ def _diff_input(dtype):
                          ids=["last", "first", "twice", "beyond-length"])
 def test_diff(kwargs, dtype, target):
     x = _diff_input(dtype)
-    _compiled_matches(Diff(**kwargs), (x,), target, exact=dtype != torch.float32)
+    compiled_matches(Diff(**kwargs), (x,), target)
 
 
 @pytest.mark.parametrize("target", FLOAT_TARGETS)
 def test_diff_with_prepend_as_in_the_mask_code(target):
     positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]])
-    _compiled_matches(DiffWithPrepend(), (positions,), target, exact=True)
+    compiled_matches(DiffWithPrepend(), (positions,), target)
 
 
 @pytest.mark.parametrize("target", FLOAT_TARGETS)
 def test_diff_with_prepend_and_append(target):
     torch.manual_seed(0)
     inputs = (torch.randn(4, 3), torch.randn(2, 3), torch.randn(1, 3))
-    _compiled_matches(DiffWithBoth(), inputs, target)
+    compiled_matches(DiffWithBoth(), inputs, target)
