@@ -83,6 +83,15 @@ def keeps(keep: Iterable[str], names: Iterable[str]) -> bool:
     return any(n == k or n.startswith(k + ".") for k in keep for n in names)
 
 
+def _why_matmul_float(node: Node) -> str:
+    """Every matmul-like node left float is listed with a reason (a matmul by a constant 2-D
+    weight became a linear layer in canonicalize, so what is left has no such weight)."""
+    shapes = " x ".join(str(list(v.type.shape)) for v in node.inputs[:2])
+    what = "attention over" if node.op == "scaled_dot_product_attention" else "matmul of"
+    return (f"{what} computed values ({shapes}), no constant weight: int8 covers layers "
+            "with weights")
+
+
 def check_keep_float_names(names: Iterable[str], graph: Graph) -> None:
     """Every keep_float name must name a layer of `graph` (see `layer_names`), a module holding
     layers, or a value of it: a typo would otherwise quantize the very layer the user meant to
@@ -227,6 +236,8 @@ class _Quantizer:
             else:
                 if node.op in QUANTIZABLE:
                     self.kept.append(f"{node.provenance.describe()}: {self._reason_float(node)}")
+                elif node.op in ("matmul", "scaled_dot_product_attention"):
+                    self.kept.append(f"{node.provenance.describe()}: {_why_matmul_float(node)}")
                 self._float(node)
         outputs = [self.float_of(v, "graph output", None) for v in self.graph.outputs]
         return Graph(self.graph.inputs, tuple(self.rw.nodes), tuple(outputs))

@@ -21,6 +21,8 @@ pytest.importorskip("transformers")
 RTOL, ATOL = 1e-4, 1e-5
 INT8_REL = 0.08  # measured 3.5e-4 .. 3.5e-2 on 2026-12-07 (AMD EPYC, AVX-512 VNNI)
 NAMES = list(zoo_hf.HF_ZOO)
+MATMUL_LIKE = {"linear", "fused_linear", "conv2d", "fused_conv2d", "matmul",
+               "scaled_dot_product_attention"}
 
 
 def _leaves(out) -> list[torch.Tensor]:
@@ -71,4 +73,9 @@ def test_int8_stays_close_to_eager(name, calibrated):
         want = zoo_hf.call(model, inputs)
     assert _relative_error(zoo_hf.call(fast, inputs), want) < INT8_REL
     if calibrated:  # GPT-2's Conv1D (a matmul by a constant) quantizes as a linear layer too
-        assert fast.report.latest.quantization.layers
+        analysis = fast.report.latest.quantization
+        assert analysis.layers
+        # every matmul-like node left float is listed, with its reason
+        left = [n for n in fast.graph.nodes if n.op in MATMUL_LIKE]
+        kept = [note for note in analysis.notes if note.startswith("kept float: ")]
+        assert len(kept) == len(left), (kept, [n.describe() for n in left])
