@@ -370,6 +370,7 @@ def _index(ctx, n):
 
 
 CONVERTERS[aten.index.Tensor] = _index
+CONVERTERS[aten._unsafe_index.Tensor] = _index  # no bounds check: the same on valid indices
 
 
 # --- pooling ------------------------------------------------------------------------------------

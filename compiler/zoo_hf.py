@@ -138,6 +138,36 @@ def _regnet(batch):
     return hf.RegNetModel(config), _image(batch)
 
 
+def _swin(batch):
+    hf = _hf()  # 40x40 in 4x4 patches: 10x10 then 5x5 tokens, padded up to the 4x4 windows
+    config = hf.SwinConfig(image_size=40, patch_size=4, embed_dim=32, depths=[2, 2],
+                           num_heads=[2, 4], window_size=4, drop_path_rate=0.0)
+    return hf.SwinModel(config), _image(batch, 40)
+
+
+def _segformer(batch):
+    hf = _hf()  # with the all-MLP decode head, where the bilinear upsampling is
+    config = hf.SegformerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                                num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64,
+                                drop_path_rate=0.0, num_labels=4)
+    return hf.SegformerForSemanticSegmentation(config), _image(batch, 64)
+
+
+def _mobilevit(batch):
+    hf = _hf()  # 48x48: a 3x3 map is resized (bilinear) to 4x4, whole 2x2 patches, and back
+    config = hf.MobileViTConfig(image_size=48, hidden_sizes=[32, 48, 64],
+                                neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 96],
+                                num_attention_heads=4)
+    return hf.MobileViTModel(config), _image(batch, 48)
+
+
+def _efficientnet(batch):
+    hf = _hf()  # hidden_dim must equal the top conv's width, round_filters(1280)
+    config = hf.EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.25,
+                                   hidden_dim=320)
+    return hf.EfficientNetModel(config), _image(batch)
+
+
 def _clip_vision(batch):
     hf = _hf()
     config = hf.CLIPVisionConfig(image_size=32, patch_size=8, **_SMALL)
@@ -175,10 +205,18 @@ HF_ZOO: dict[str, HFEntry] = {
     "vit": HFEntry(_vit, "vision-transformer", "ViTModel, 32x32, 8x8 patches"),
     "deit": HFEntry(_deit, "vision-transformer", "DeiTModel, 32x32, distillation token"),
     "clip-vision": HFEntry(_clip_vision, "vision-transformer", "CLIPVisionModel, 32x32"),
+    "swin": HFEntry(_swin, "vision-transformer", "SwinModel: shifted windows, padding, "
+                                                 "patch merging"),
+    "segformer": HFEntry(_segformer, "vision-transformer", "SegformerForSemanticSegmentation: "
+                                                           "reduced attention, bilinear head"),
+    "mobilevit": HFEntry(_mobilevit, "vision-transformer", "MobileViTModel: convs and "
+                                                           "transformers over unfolded patches"),
     "resnet": HFEntry(_resnet, "vision-cnn", "ResNetModel, 4 stages, width 16-64"),
     "convnext": HFEntry(_convnext, "vision-cnn", "ConvNextModel: depthwise 7x7, layer norm"),
     "mobilenet-v2": HFEntry(_mobilenet_v2, "vision-cnn", "MobileNetV2Model, TF-style padding"),
     "regnet": HFEntry(_regnet, "vision-cnn", "RegNetModel: grouped convs, squeeze-excite"),
+    "efficientnet": HFEntry(_efficientnet, "vision-cnn", "EfficientNetModel: depthwise, "
+                                                         "squeeze-excite, asymmetric padding"),
     "whisper-encoder": HFEntry(_whisper_encoder, "audio", "Whisper encoder: conv1d stem"),
     "wav2vec2": HFEntry(_wav2vec2, "audio", "Wav2Vec2Model: conv feature encoder, group "
                                             "norm, weight-normed positional conv"),
@@ -189,10 +227,11 @@ def build(name: str, batch: int = 2) -> tuple[nn.Module, Inputs]:
     """A zoo model (eval mode, seeded weights, realistic batch-norm statistics) and inputs."""
     if name not in HF_ZOO:
         raise KeyError(f"no transformers zoo model {name!r}; available: {', '.join(HF_ZOO)}")
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # the norms' statistics too: the same model in any process
         torch.manual_seed(0)
         model, inputs = HF_ZOO[name].build(batch)
-    return randomize_norms(model).eval(), inputs
+        model = randomize_norms(model)
+    return model.eval(), inputs
 
 
 def call(model: Callable, inputs: Inputs) -> Any:
@@ -207,18 +246,12 @@ def call(model: Callable, inputs: Inputs) -> Any:
 WEIGHT_LAYERS = frozenset({"linear", "fused_linear", "conv2d", "fused_conv2d"})
 
 
-def _relative_error(got: Any, want: Any) -> float:
-    import torch.utils._pytree as pytree
-
-    pairs = [(g, w) for g, w in zip(pytree.tree_flatten(got)[0], pytree.tree_flatten(want)[0])
-             if isinstance(w, torch.Tensor) and w.is_floating_point()]
-    return max(float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)) for g, w in pairs)
-
-
 def coverage_row(name: str, batch: int = 2) -> dict[str, Any]:
     """One model through `reference`, `cpu` and calibrated `cpu-int8`: fallbacks, error vs eager
-    (largest |error| over the largest |output|), layers with weights quantized of all."""
+    (largest |error| over the largest |output|), the model's int8 noise floor
+    (`fxforge.sensitivity`), layers with weights quantized of all."""
     from fxforge import compile
+    from fxforge.sensitivity import noise_floor, relative_error
 
     model, inputs = build(name, batch)
     with torch.no_grad():
@@ -226,13 +259,14 @@ def coverage_row(name: str, batch: int = 2) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "kind": HF_ZOO[name].kind}
     for target in ("reference", "cpu"):
         fast = compile(model, target)
-        row[target] = _relative_error(call(fast, inputs), want)
+        row[target] = relative_error(call(fast, inputs), want)
         row["fallbacks"] = sorted({f.aten for f in fast.report.fallbacks})
     row["nodes"] = len(fast.graph.nodes)
     layers = sum(n.op in WEIGHT_LAYERS for n in fast.graph.nodes)
     positional = tuple(inputs.values()) if isinstance(inputs, dict) else inputs
     int8 = compile(model, "cpu-int8", calibration=[positional])
-    row["cpu-int8"] = _relative_error(call(int8, inputs), want)
+    row["cpu-int8"] = relative_error(call(int8, inputs), want)
+    row["noise floor"] = noise_floor(model, inputs, call)
     row["int8 layers"] = f"{len(int8.report.latest.quantization.layers)}/{layers}"
     return row
 
@@ -241,13 +275,14 @@ def coverage_table(names: list[str] | None = None, batch: int = 2) -> str:
     """The zoo as a markdown table (`python -m fxforge.zoo_hf`)."""
     from tqdm.auto import tqdm
 
-    lines = ["| model | kind | nodes | fallbacks | reference | cpu | cpu-int8 | int8 layers |",
-             "|---|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| model | kind | nodes | fallbacks | reference | cpu | cpu-int8 | int8 noise floor "
+             "| int8 layers |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for name in tqdm(names or list(HF_ZOO), desc="zoo", unit="model", leave=False, disable=None):
         r = coverage_row(name, batch)
         lines.append(f"| {r['model']} | {r['kind']} | {r['nodes']} | "
                      f"{', '.join(r['fallbacks']) or 'none'} | {r['reference']:.1e} | "
-                     f"{r['cpu']:.1e} | {r['cpu-int8']:.1e} | {r['int8 layers']} |")
+                     f"{r['cpu']:.1e} | {r['cpu-int8']:.1e} | {r['noise floor']:.1e} | "
+                     f"{r['int8 layers']} |")
     return "\n".join(lines)
 
 

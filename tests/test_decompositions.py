@@ -1,7 +1,9 @@
 """aten ops that capture decomposes into existing IR ops (compiler/aten_decompose.py): conv1d,
-group norm, weight norm and diff. Each must compile with no opaque fallback and agree with eager
-torch; a decomposition that gets a shape or dtype wrong shows up as a fallback (capture compares
-each converter's result type with torch's), so `fallbacks == []` is the sharp check here.
+group norm, weight norm, diff, adaptive_avg_pool1d, roll, bilinear and nearest upsampling,
+triu/tril, pixel (un)shuffle, logsumexp and instance norm. Each must compile with no opaque
+fallback and agree with eager torch; a decomposition that gets a shape or dtype wrong shows up as
+a fallback (capture compares each converter's result type with torch's), so `fallbacks == []` is
+the sharp check here.
 """
 
 import pytest
@@ -254,3 +256,195 @@ def test_diff_with_prepend_and_append(target):
     torch.manual_seed(0)
     inputs = (torch.randn(4, 3), torch.randn(2, 3), torch.randn(1, 3))
     compiled_matches(DiffWithBoth(), inputs, target)
+
+
+# --- adaptive_avg_pool1d (Swin's pooler) ---------------------------------------------------------
+
+
+class AdaptivePool1d(nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool1d(x, self.size)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+@pytest.mark.parametrize("size", [1, 3, 7, 10])
+@pytest.mark.parametrize("shape", [(2, 4, 7), (4, 7)], ids=["batched", "unbatched"])
+def test_adaptive_avg_pool1d(shape, size, target):
+    torch.manual_seed(0)
+    compiled = compiled_matches(AdaptivePool1d(size), (torch.randn(*shape),), target)
+    assert "adaptive_avg_pool2d" in _ops(compiled)
+
+
+# --- roll (Swin's shifted windows) -------------------------------------------------------------
+
+
+class Roll(nn.Module):
+    def __init__(self, shifts, dims):
+        super().__init__()
+        self.shifts, self.dims = shifts, dims
+
+    def forward(self, x):
+        return torch.roll(x, self.shifts, self.dims)
+
+
+ROLLS = {"swin": ((-2, -2), (1, 2)), "back": ((2, 2), (1, 2)), "one-dim": (3, -1),
+         "beyond-length": (13, 2), "zero": (0, 1), "whole-length": (5, 3),
+         "flattened": (7, None)}
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+@pytest.mark.parametrize("roll", ROLLS)
+def test_roll(roll, target):
+    torch.manual_seed(0)
+    shifts, dims = ROLLS[roll]
+    model = Roll(shifts, dims) if dims is not None else Roll(shifts, ())
+    compiled_matches(model, (torch.randn(2, 6, 6, 5),), target)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_roll_integers(target):
+    compiled_matches(Roll((1, -3), (0, 1)), (torch.arange(20).reshape(4, 5),), target)
+
+
+# --- upsampling (Segformer's and MobileViT's bilinear resize, nearest) -------------------------
+
+
+class Interpolate(nn.Module):
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, x):
+        return F.interpolate(x, **self.kwargs)
+
+
+RESIZES = {
+    "size-up": dict(size=(12, 17)), "size-down": dict(size=(3, 4)), "to-one": dict(size=(1, 1)),
+    "one-dim-kept": dict(size=(5, 13)), "same": dict(size=(5, 7)),
+    "x2": dict(scale_factor=2), "x0.5": dict(scale_factor=0.5),
+    "x2.3": dict(scale_factor=2.3), "x1/3": dict(scale_factor=1 / 3),
+    "x1.1-keeps-size": dict(scale_factor=(1.1, 1.7)),
+    "recomputed": dict(scale_factor=2.3, recompute_scale_factor=True),
+}
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+@pytest.mark.parametrize("align_corners", [False, True], ids=["centres", "corners"])
+@pytest.mark.parametrize("resize", RESIZES)
+def test_upsample_bilinear(resize, align_corners, target):
+    torch.manual_seed(0)
+    model = Interpolate(mode="bilinear", align_corners=align_corners, **RESIZES[resize])
+    compiled_matches(model, (torch.randn(2, 3, 5, 7),), target)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+@pytest.mark.parametrize("resize", RESIZES)
+def test_upsample_nearest_is_exact(resize, mode, target):
+    torch.manual_seed(0)
+    model = Interpolate(mode=mode, **RESIZES[resize])
+    x = torch.randn(2, 3, 5, 7)
+    compiled = fxforge.compile(model, target, example_inputs=(x,))
+    assert compiled.report.fallbacks == []
+    assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_upsample_bilinear_in_double(target):
+    torch.manual_seed(0)
+    model = Interpolate(scale_factor=1.7, mode="bilinear")
+    compiled_matches(model, (torch.randn(1, 2, 6, 5, dtype=torch.float64),), target)
+
+
+class RawUpsample(nn.Module):
+    """The non-.vec overloads, with per-dim scales: nearest's reach capture, bilinear's come
+    decomposed by torch.export (into aten._unsafe_index, converted as index, and arithmetic)."""
+
+    def forward(self, x):
+        return torch.ops.aten.upsample_bilinear2d.default(x, [8, 11], False, 1.5, 1.6), \
+            torch.ops.aten.upsample_bilinear2d.default(x, [8, 11], True), \
+            torch.ops.aten.upsample_nearest2d.default(x, [8, 11], 1.5, 1.6), \
+            torch.ops.aten._upsample_nearest_exact2d.default(x, [8, 11])
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_upsample_default_overloads(target):
+    torch.manual_seed(0)
+    compiled = compiled_matches(RawUpsample(), (torch.randn(2, 3, 5, 7),), target)
+    assert "index" in _ops(compiled)
+
+
+def test_antialiased_bilinear_still_falls_back():
+    x = torch.randn(1, 2, 9, 9)
+    model = Interpolate(size=(4, 4), mode="bilinear", antialias=True)
+    compiled = fxforge.compile(model, "cpu", example_inputs=(x,))
+    assert [f.aten for f in compiled.report.fallbacks] == ["aten._upsample_bilinear2d_aa.vec"]
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+# --- triu / tril, pixel shuffle, logsumexp, instance norm --------------------------------------
+
+
+class Triangles(nn.Module):
+    def forward(self, x, scores):
+        causal = torch.triu(torch.full_like(scores, float("-inf")), diagonal=1)
+        return torch.triu(x), torch.tril(x, -1), torch.triu(x, 2), torch.tril(x > 0, 1), \
+            scores + causal
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_triu_tril(target):
+    torch.manual_seed(0)
+    compiled_matches(Triangles(), (torch.randn(2, 4, 6), torch.randn(2, 5, 5)), target)
+
+
+class Shuffles(nn.Module):
+    def forward(self, x):
+        return F.pixel_shuffle(x, 2), F.pixel_unshuffle(x, 2), F.pixel_shuffle(x[0], 2)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_pixel_shuffle_and_unshuffle(target):
+    torch.manual_seed(0)
+    compiled = compiled_matches(Shuffles(), (torch.randn(2, 8, 4, 6),), target)
+    assert "permute" in _ops(compiled)
+
+
+class LogSumExp(nn.Module):
+    def forward(self, x):
+        return torch.logsumexp(x, -1), torch.logsumexp(x, (0, 2), keepdim=True), \
+            torch.logsumexp(x * 100, 1)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_logsumexp(target):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5)
+    x[0, 0] = float("-inf")  # a whole row of -inf: torch takes the max as 0, giving -inf
+    compiled_matches(LogSumExp(), (x,), target)
+
+
+class InstanceNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.plain = nn.InstanceNorm2d(4)
+        self.affine = nn.InstanceNorm1d(4, affine=True)
+        self.tracked = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+        with torch.no_grad():
+            self.affine.weight.normal_()
+            self.affine.bias.normal_()
+            self.tracked.running_mean.normal_()
+            self.tracked.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        return self.plain(x), self.affine(x.flatten(2)), self.tracked(x)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_instance_norm(target):
+    torch.manual_seed(0)
+    compiled_matches(InstanceNorms(), (torch.randn(2, 4, 5, 6) * 3 + 1,), target)

@@ -20,7 +20,7 @@ from fxforge import compile, sensitivity, zoo_hf
 pytest.importorskip("transformers")
 
 RTOL, ATOL = 1e-4, 1e-5
-INT8_REL = 0.08  # measured 3.5e-4 .. 3.5e-2 on 2026-12-07 (AMD EPYC, AVX-512 VNNI)
+INT8_REL = 0.08  # measured 3.5e-4 .. 4.2e-2 on 2026-12-07 (AMD EPYC, AVX-512 VNNI)
 NAMES = list(zoo_hf.HF_ZOO)
 MATMUL_LIKE = {"linear", "fused_linear", "conv2d", "fused_conv2d", "matmul",
                "scaled_dot_product_attention"}
