@@ -47,18 +47,29 @@ def _emit_conv1d(ctx, x, w, bias, stride: int, padding: int, dilation: int, grou
     """(N, C, L) as (N, C, 1, L) through conv2d with a (Cout, Cin/g, 1, K) weight, so conv1d
     layers get conv2d's kernels, fusion and int8 quantization. A constant weight's unsqueeze is
     folded by fold-constants; an unbatched (C, L) input gets a batch of one and loses it again."""
-    if x.type.ndim not in (2, 3):
-        raise Unconvertible(f"conv1d needs a 2-D or 3-D input, got rank {x.type.ndim}")
-    unbatched = x.type.ndim == 2
-    if unbatched:
-        x = ctx.emit("unsqueeze", [x], dim=0)
-    x = ctx.emit("unsqueeze", [x], dim=2)
+    x, unbatched = _as_image(ctx, x, "conv1d")
     w = ctx.emit("unsqueeze", [w], dim=2)
     inputs = [x, w] + ([bias] if bias is not None else [])
     out = ctx.emit("conv2d", inputs, stride=(1, stride), padding=(0, padding),
                    dilation=(1, dilation), groups=groups)
-    out = ctx.emit("squeeze", [out], dims=(2,))
-    return ctx.emit("squeeze", [out], dims=(0,)) if unbatched else out
+    return _as_sequence(ctx, out, unbatched)
+
+
+def _as_image(ctx, x, what: str):
+    """(N, C, L) or unbatched (C, L) as (N, C, 1, L), and whether a batch was added: 1-D ops
+    run as their 2-D kind over a height of one."""
+    if x.type.ndim not in (2, 3):
+        raise Unconvertible(f"{what} needs a 2-D or 3-D input, got rank {x.type.ndim}")
+    unbatched = x.type.ndim == 2
+    if unbatched:
+        x = ctx.emit("unsqueeze", [x], dim=0)
+    return ctx.emit("unsqueeze", [x], dim=2), unbatched
+
+
+def _as_sequence(ctx, y, unbatched: bool):
+    """Undo `_as_image` on a result (N, C, 1, L')."""
+    y = ctx.emit("squeeze", [y], dims=(2,))
+    return ctx.emit("squeeze", [y], dims=(0,)) if unbatched else y
 
 
 def _conv1d(ctx, n):
@@ -217,15 +228,9 @@ def _adaptive_avg_pool1d(ctx, n):
     x = ctx.value(n.args[0])
     sizes = n.args[1]
     out = _single(sizes)
-    if x.type.ndim not in (2, 3):
-        raise Unconvertible(f"adaptive_avg_pool1d needs a 2-D or 3-D input, got rank {x.type.ndim}")
-    unbatched = x.type.ndim == 2
-    if unbatched:
-        x = ctx.emit("unsqueeze", [x], dim=0)
-    x = ctx.emit("unsqueeze", [x], dim=2)
+    x, unbatched = _as_image(ctx, x, "adaptive_avg_pool1d")
     pooled = ctx.emit("adaptive_avg_pool2d", [x], output_size=(1, out))
-    pooled = ctx.emit("squeeze", [pooled], dims=(2,))
-    return ctx.emit("squeeze", [pooled], dims=(0,)) if unbatched else pooled
+    return _as_sequence(ctx, pooled, unbatched)
 
 
 CONVERTERS[aten.adaptive_avg_pool1d.default] = _adaptive_avg_pool1d
