@@ -105,10 +105,6 @@ class ShadowTree:
         for twin in list(self._memo.values()):
             self._repoint(twin)
 
-    @property
-    def renamed(self) -> bool:
-        return bool(self._real)
-
     def real_names(self, text: str) -> str:
         """`text` (a module path, a message) with every stand-in replaced by the real name and
         the flat-input wrapper's prefix dropped."""

@@ -40,11 +40,6 @@ def _other_mask(inputs: dict) -> dict:
     return changed
 
 
-def _relative_error(got, want) -> float:
-    pairs = [(g, w) for g, w in zip(_leaves(got), _leaves(want)) if w.is_floating_point()]
-    return max(float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)) for g, w in pairs)
-
-
 @pytest.mark.parametrize("target", ["reference", "cpu"])
 @pytest.mark.parametrize("name", NAMES)
 def test_float_targets_match_eager_with_no_fallback(name, target):
@@ -72,7 +67,7 @@ def test_int8_stays_close_to_eager(name, calibrated):
     fast = compile(model, "cpu-int8", calibration=[positional] if calibrated else None)
     with torch.no_grad():
         want = zoo_hf.call(model, inputs)
-    error = _relative_error(zoo_hf.call(fast, inputs), want)
+    error = sensitivity.relative_error(zoo_hf.call(fast, inputs), want)
     assert error < INT8_REL
     if calibrated:  # GPT-2's Conv1D (a matmul by a constant) quantizes as a linear layer too
         # issue #15's rule: within 1.5x the model's own int8 noise floor, or below 5e-2
