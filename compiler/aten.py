@@ -8,6 +8,7 @@ type that disagrees with torch's, is not an error: the capture falls back to an 
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -205,8 +206,34 @@ def _reduction(op: str) -> Converter:
 
 for _target, _op in ((aten.sum.default, "sum"), (aten.sum.dim_IntList, "sum"),
                      (aten.mean.default, "mean"), (aten.mean.dim, "mean"),
-                     (aten.amax.default, "amax")):
+                     (aten.amax.default, "amax"), (aten.amin.default, "amin")):
     CONVERTERS[_target] = _reduction(_op)
+
+
+def _arg_extreme(op: str) -> Converter:
+    def convert(ctx, n):
+        x = ctx.value(n.args[0])
+        dim = _arg(n, 1, "dim")
+        return ctx.emit(op, [x], dim=norm_dim(dim, x.type.ndim) if dim is not None else None,
+                        keepdim=bool(_arg(n, 2, "keepdim", False)))
+
+    return convert
+
+
+CONVERTERS[aten.argmax.default] = _arg_extreme("argmax")
+CONVERTERS[aten.argmin.default] = _arg_extreme("argmin")
+
+
+def _topk(ctx, n):
+    """sorted=False lets torch return the k in any order (its CPU kernel's order depends on k and
+    the size); the IR's sorted order is one of those orders, so it is accepted as it is."""
+    x = ctx.value(n.args[0])
+    return ctx.emit("topk", [x], n_outputs=2, k=_arg(n, 1, "k"),
+                    dim=norm_dim(_arg(n, 2, "dim", -1), x.type.ndim),
+                    largest=bool(_arg(n, 3, "largest", True)))
+
+
+CONVERTERS[aten.topk.default] = _topk
 
 
 def _cumsum(ctx, n):
@@ -349,6 +376,40 @@ def _sdpa(ctx, n):
 CONVERTERS[aten.scaled_dot_product_attention.default] = _sdpa
 CONVERTERS[aten.embedding.default] = lambda ctx, n: ctx.emit(
     "embedding", [ctx.value(n.args[0]), ctx.value(n.args[1])])
+
+
+_BAG_MODES = {0: "sum", 1: "mean", 2: "max"}  # aten's mode numbers
+
+
+def _embedding_bag(ctx, n):
+    """aten.embedding_bag(weight, indices, offsets, scale_grad_by_freq, mode, sparse,
+    per_sample_weights, include_last_offset[, padding_idx]); F.embedding_bag has already made a
+    2-D input 1-D with offsets. Only the bag results have an IR op: a graph that reads the other
+    outputs (offset2bag, bag_size, max_indices) keeps the op on torch, which computes them."""
+    if any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in n.users):
+        raise Unconvertible("the graph reads embedding_bag's offset2bag / bag_size / max_indices "
+                            "outputs, which have no IR op")
+    weight, indices, offsets = (ctx.value(a) for a in n.args[:3])
+    psw = _arg(n, 6, "per_sample_weights")
+    padding = _arg(n, 8, "padding_idx")
+    if n.target == aten._embedding_bag.default and padding == -1:
+        padding = None  # _embedding_bag's "no padding"
+    if padding is not None and padding < 0:
+        raise Unconvertible(f"negative padding_idx {padding}")
+    mode = _BAG_MODES.get(_arg(n, 4, "mode", 0))
+    if mode is None or indices.type.ndim != 1:
+        raise Unconvertible("embedding_bag needs a 1-D input with offsets and mode 0, 1 or 2")
+    out = ctx.emit("embedding_bag", [weight, indices, offsets] + (
+        [ctx.value(psw)] if psw is not None else []), mode=mode, padding_idx=padding,
+        include_last_offset=bool(_arg(n, 7, "include_last_offset", False)))
+    return (out, None, None, None)
+
+
+for _target in (aten.embedding_bag.default, aten.embedding_bag.padding_idx,
+                aten._embedding_bag.default):
+    CONVERTERS[_target] = _embedding_bag
+
+
 CONVERTERS[aten.gather.default] = lambda ctx, n: ctx.emit(
     "gather", [ctx.value(n.args[0]), ctx.value(n.args[2])],
     dim=norm_dim(n.args[1], len(n.args[0].meta["val"].shape)))

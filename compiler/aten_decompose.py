@@ -503,3 +503,58 @@ def _instance_norm(ctx, n):
 
 
 CONVERTERS[aten.instance_norm.default] = _instance_norm
+
+
+# --- max/min along a dim, sort ------------------------------------------------------------------
+
+
+def _extreme_along(value_op: str, index_op: str):
+    """torch.max(x, dim) / torch.min(x, dim): (amax, argmax) over the one dim. Both take the
+    first position on ties and let a NaN win, as torch's kernel does; a bool input is searched
+    as u8 (argmax has no bool kernel; the positions are the same)."""
+
+    def convert(ctx, n):
+        x = ctx.value(n.args[0])
+        dim = norm_dim(_arg(n, 1, "dim"), x.type.ndim)
+        keepdim = bool(_arg(n, 2, "keepdim", False))
+        values = ctx.emit(value_op, [x], dims=(dim,), keepdim=keepdim)
+        searched = ctx.emit("cast", [x], dtype="u8") if x.type.dtype == "bool" else x
+        return values, ctx.emit(index_op, [searched], dim=dim, keepdim=keepdim)
+
+    return convert
+
+
+def _extreme_of_all(op: str):
+    """torch.max(x) / torch.min(x): the reduction over every dim."""
+
+    def convert(ctx, n):
+        x = ctx.value(n.args[0])
+        return ctx.emit(op, [x], dims=tuple(range(x.type.ndim)), keepdim=False)
+
+    return convert
+
+
+CONVERTERS[aten.max.dim] = _extreme_along("amax", "argmax")
+CONVERTERS[aten.min.dim] = _extreme_along("amin", "argmin")
+CONVERTERS[aten.max.default] = _extreme_of_all("amax")
+CONVERTERS[aten.min.default] = _extreme_of_all("amin")
+
+
+def _sorted(ctx, n):
+    """sort is topk of the whole dim. The IR's topk is a stable sort, so stable=True is exact
+    even on ties; stable=False lets torch order ties as it likes (its CPU kernel keeps them in
+    index order too)."""
+    x = ctx.value(n.args[0])  # the .stable overloads take dim and descending by keyword only
+    dim = norm_dim(_arg(n, 1, "dim", -1), x.type.ndim)
+    descending = _arg(n, 2, "descending", False)
+    size = x.type.shape[dim] if x.type.ndim else 1
+    return ctx.emit("topk", [x], n_outputs=2, k=size, dim=dim, largest=bool(descending))
+
+
+def _argsort(ctx, n):
+    return _sorted(ctx, n)[1]
+
+
+for _overload in ("default", "stable"):
+    CONVERTERS[getattr(aten.sort, _overload)] = _sorted
+    CONVERTERS[getattr(aten.argsort, _overload)] = _argsort

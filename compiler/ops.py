@@ -289,8 +289,76 @@ def _mean(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     return (TensorType(_reduce_shape(ins[0], attrs), ins[0].dtype),)
 
 
-def _amax(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+def _extreme(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """amax/amin: the input's dtype, bool included."""
     return (TensorType(_reduce_shape(ins[0], attrs), ins[0].dtype),)
+
+
+def _arg_extreme(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """argmax/argmin give i64 positions; dim none searches the flattened tensor (keepdim then
+    keeps every dim as 1). torch refuses bool inputs and an empty search, and so does the IR:
+    there is no position to return."""
+    x, dim, keepdim = ins[0], attrs["dim"], attrs["keepdim"]
+    if x.dtype == "bool":
+        raise OpTypeError("argmax/argmin have no bool kernel in torch; cast to u8 first")
+    if dim is None:
+        if x.numel == 0:
+            raise OpTypeError(f"argmax/argmin of an empty tensor {list(x.shape)}")
+        return (TensorType((1,) * x.ndim if keepdim else (), "i64"),)
+    d = norm_dim(dim, x.ndim)
+    if x.ndim and x.shape[d] == 0:
+        raise OpTypeError(f"argmax/argmin along dim {d} of size 0 in {list(x.shape)}")
+    return (TensorType(_reduce_shape(x, attrs.replace(dims=(d,))), "i64"),)
+
+
+def _topk(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """The k largest (or smallest) along dim, sorted, and their i64 positions; a 0-d tensor is
+    one element along dim 0 or -1 (torch's rule), so it takes k=1."""
+    x, k = ins[0], attrs["k"]
+    d = norm_dim(attrs["dim"], x.ndim)
+    size = x.shape[d] if x.ndim else 1
+    if not (0 <= k <= size) or (x.ndim == 0 and k != 1):
+        raise OpTypeError(f"topk: k={k} is out of range for dim {d} of {list(x.shape)}")
+    shape = x.shape[:d] + (k,) + x.shape[d + 1:] if x.ndim else ()
+    return (TensorType(shape, x.dtype), TensorType(shape, "i64"))
+
+
+EMBEDDING_BAG_MODES = ("sum", "mean", "max")
+
+
+def _embedding_bag(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
+    """One row per bag b: weight rows indices[offsets[b]:offsets[b+1]] reduced by mode. The
+    last bag ends at the end of indices, or, with include_last_offset, offsets holds the end of
+    every bag (one more offset than bags). torch's dtype rules: float weight, i32/i64 indices
+    and offsets, per-sample weights (mode sum only) of the weight's dtype."""
+    weight, indices, offsets = ins[:3]
+    mode, last, padding = attrs["mode"], attrs["include_last_offset"], attrs["padding_idx"]
+    if mode not in EMBEDDING_BAG_MODES:
+        raise OpTypeError(f"embedding_bag mode must be one of {EMBEDDING_BAG_MODES}, got {mode!r}")
+    _need_rank(weight, 2, "embedding_bag weight")
+    if not dtypes.is_float(weight.dtype):
+        raise OpTypeError(f"embedding_bag weight must be floating-point, got {weight.dtype}")
+    for name, t in (("indices", indices), ("offsets", offsets)):
+        _need_rank(t, 1, f"embedding_bag {name}")
+        if t.dtype not in ("i64", "i32"):
+            raise OpTypeError(f"embedding_bag {name} must be i64 or i32, got {t.dtype}")
+    if last and offsets.shape[0] == 0:
+        raise OpTypeError("embedding_bag with include_last_offset needs at least one offset")
+    if padding is not None and not 0 <= padding < weight.shape[0]:
+        raise OpTypeError(f"embedding_bag padding_idx {padding} is not a row of the "
+                          f"{weight.shape[0]}-row weight")
+    if len(ins) == 4:
+        psw = ins[3]
+        if mode != "sum":
+            raise OpTypeError(f"embedding_bag per-sample weights need mode 'sum', got {mode!r}")
+        if psw.shape != indices.shape or psw.dtype != weight.dtype:
+            raise OpTypeError(f"embedding_bag per-sample weights {psw} must match the indices' "
+                              f"shape {list(indices.shape)} and the weight's dtype {weight.dtype}")
+    return (TensorType((offsets.shape[0] - last, weight.shape[1]), weight.dtype),)
+
+
+def _embedding_bag_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
+    return ins[1].numel * ins[0].shape[1] * (2 if len(ins) == 4 else 1)
 
 
 def _cumsum(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
@@ -876,7 +944,22 @@ _DECLS: list[OpDef] = [
     # reductions and normalizations
     _op("sum", 1, _sum, ref.sum, "reduction", "Sum over dims.", _reduction_flops, **_DIMS),
     _op("mean", 1, _mean, ref.mean, "reduction", "Mean over dims.", _reduction_flops, **_DIMS),
-    _op("amax", 1, _amax, ref.amax, "reduction", "Max over dims.", _reduction_flops, **_DIMS),
+    _op("amax", 1, _extreme, ref.amax, "reduction", "Max over dims.", _reduction_flops, **_DIMS),
+    _op("amin", 1, _extreme, ref.amin, "reduction", "Min over dims.", _reduction_flops, **_DIMS),
+    _op("argmax", 1, _arg_extreme, ref.argmax, "reduction",
+        "i64 position of the max along dim (none: of the flattened tensor); the first one on "
+        "ties, a NaN counts as the max.", _reduction_flops,
+        dim=AttrSpec("int", None, optional=True), keepdim=AttrSpec("bool", False)),
+    _op("argmin", 1, _arg_extreme, ref.argmin, "reduction",
+        "i64 position of the min along dim (none: of the flattened tensor); the first one on "
+        "ties, a NaN counts as the min.", _reduction_flops,
+        dim=AttrSpec("int", None, optional=True), keepdim=AttrSpec("bool", False)),
+    _op("topk", 1, _topk, ref.topk, "reduction",
+        "The k largest (largest=false: smallest) along dim in sorted order, and their i64 "
+        "positions: a stable sort's first k, so equal values keep their order (lower index "
+        "first) and NaN sorts above every number. Also sort (k = the dim's size).",
+        _reduction_flops, k=AttrSpec("int"), dim=AttrSpec("int", -1),
+        largest=AttrSpec("bool", True)),
     _op("cumsum", 1, _cumsum, ref.cumsum, "reduction",
         "Running sum along dim (position ids from a mask); dtype converts the input first.",
         _reduction_flops, dim=AttrSpec("int"), dtype=AttrSpec("dtype", None, optional=True)),
@@ -905,6 +988,12 @@ _DECLS: list[OpDef] = [
         scale=AttrSpec("float", None, optional=True)),
     _op("embedding", 2, _embedding, ref.embedding, "layout", "weight[indices]. Inputs: weight, "
         "indices."),
+    _op("embedding_bag", (3, 4), _embedding_bag, ref.embedding_bag, "reduction",
+        "Bags of weight rows reduced by mode sum/mean/max (nn.EmbeddingBag). Inputs: weight, "
+        "indices (1-D), offsets (each bag's start; include_last_offset: and the last's end), "
+        "per-sample weights? (sum only). padding_idx rows count for nothing; an empty bag is 0.",
+        _embedding_bag_flops, mode=AttrSpec("str"), include_last_offset=AttrSpec("bool", False),
+        padding_idx=AttrSpec("int", None, optional=True)),
     _op("gather", 2, _gather, ref.gather, "layout", "torch.gather along dim.",
         dim=AttrSpec("int")),
     _op("index", (2, None), _index_take, ref.index, "layout",

@@ -204,6 +204,41 @@ def amax(x, *, dims, keepdim):
     return np.max(x, axis=_axes(x, dims), keepdims=keepdim)
 
 
+def amin(x, *, dims, keepdim):
+    return np.min(x, axis=_axes(x, dims), keepdims=keepdim)
+
+
+def _arg_extreme(fn):
+    """numpy's argmax/argmin are torch's: the first position on ties, and a NaN wins (both)."""
+
+    def run(x, *, dim, keepdim):
+        if x.ndim == 0:
+            return np.int64(0)
+        return fn(x, axis=dim, keepdims=keepdim)
+
+    return run
+
+
+argmax = _arg_extreme(np.argmax)
+argmin = _arg_extreme(np.argmin)
+
+
+def topk(x, *, k, dim, largest):
+    """A stable sort's first k. numpy's stable ascending sort puts NaN last, as torch's does; the
+    descending one sorts the reversed axis ascending and reverses the result, so NaN comes first
+    and equal values still keep their order (no negation: it would overflow integer minima)."""
+    if x.ndim == 0:
+        return x, np.int64(0)
+    axis = dim % x.ndim
+    if largest:
+        last = x.shape[axis] - 1
+        order = last - np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
+    order = np.take(order, np.arange(k), axis=axis)
+    return np.take_along_axis(x, order, axis=axis), order.astype(np.int64)
+
+
 def cumsum(x, *, dim, dtype):
     """Converted to dtype first (torch's dtype=), then summed in float64 or int64 (torch's CPU
     kernel accumulates wide too); a 0-d x sums like a 1-d one."""
@@ -310,6 +345,52 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, is_causal, scale):
 
 def embedding(weight, indices):
     return weight[indices]
+
+
+def _bag_bounds(offsets, n: int, include_last_offset: bool):
+    """Each bag's [start, end) in the indices, checked as torch checks them."""
+    offsets = offsets.astype(np.int64)
+    if len(offsets) and offsets[0] != 0:
+        raise ValueError(f"embedding_bag: offsets[0] must be 0, got {offsets[0]}")
+    if np.any(np.diff(offsets) < 0) or (len(offsets) and offsets[-1] > n):
+        raise ValueError(f"embedding_bag: offsets must rise from 0 to at most {n}")
+    if include_last_offset:
+        return offsets[:-1], offsets[1:]
+    return offsets, np.append(offsets[1:], n).astype(np.int64)
+
+
+def _bag_max(rows):
+    """torch's CPU kernel: the bag's first row, then a value replaced only by a larger one, so a
+    NaN counts only as the first row (a later NaN never compares larger)."""
+    acc = rows[0]
+    for r in rows[1:]:
+        acc = np.where(r > acc, r, acc)
+    return acc
+
+
+def embedding_bag(weight, indices, offsets, per_sample_weights=None, *, mode,
+                  include_last_offset, padding_idx):
+    """Per bag, in float64: the sum (of rows times their sample weights), the mean over its rows
+    or the max; padding_idx rows are dropped first (not counted in a mean) and a bag left empty
+    gives zeros."""
+    indices = indices.astype(np.int64)
+    if np.any((indices < 0) | (indices >= weight.shape[0])):
+        raise ValueError(f"embedding_bag: indices outside [0, {weight.shape[0]})")
+    starts, ends = _bag_bounds(offsets, len(indices), include_last_offset)
+    rows = _wide(weight)[indices]
+    if per_sample_weights is not None:
+        rows = rows * _wide(per_sample_weights)[:, None]
+    keep = indices != padding_idx if padding_idx is not None else np.ones(len(indices), bool)
+    out = np.zeros((len(starts), weight.shape[1]), dtype=rows.dtype)
+    for b, (start, end) in enumerate(zip(starts, ends)):
+        bag = rows[start:end][keep[start:end]]
+        if len(bag) == 0:
+            continue
+        if mode == "max":
+            out[b] = _bag_max(bag)
+        else:
+            out[b] = bag.mean(axis=0) if mode == "mean" else bag.sum(axis=0)
+    return out
 
 
 def gather(x, index, *, dim):

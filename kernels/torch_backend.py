@@ -95,6 +95,23 @@ def _pad(x, *, pads, mode, value):
     return F.pad(x, pads, mode=mode, value=value if mode == "constant" else None)
 
 
+def _topk(x, *, k, dim, largest):
+    """A stable sort's first k, not torch.topk: torch.topk orders equal values as its kernel
+    happens to (and differently on CPU and CUDA), a stable sort keeps them in index order, as the
+    reference does, on every device. The price is a full sort of the dim."""
+    if x.dim() == 0:
+        return x, torch.zeros((), dtype=torch.int64, device=x.device)
+    values, indices = torch.sort(x, dim=dim, descending=largest, stable=True)
+    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
+
+
+def _embedding_bag(weight, indices, offsets, per_sample_weights=None, *, mode,
+                   include_last_offset, padding_idx):
+    return F.embedding_bag(indices, weight, offsets, mode=mode,
+                           per_sample_weights=per_sample_weights,
+                           include_last_offset=include_last_offset, padding_idx=padding_idx)
+
+
 def _arange(*, start, end, step, dtype, device):
     if not dtypes.is_float(dtype):  # torch's own integer arange: it truncates start and step
         return torch.arange(start, end, step, dtype=dtypes.to_torch(dtype), device=device)
@@ -206,6 +223,10 @@ TORCH_IMPLS = {
     "sum": _reduce(torch.sum),
     "mean": _reduce(torch.mean),
     "amax": _reduce(torch.amax),
+    "amin": _reduce(torch.amin),
+    "argmax": lambda x, *, dim, keepdim: torch.argmax(x, dim, keepdim),
+    "argmin": lambda x, *, dim, keepdim: torch.argmin(x, dim, keepdim),
+    "topk": _topk,
     "cumsum": _cumsum,
     "softmax": lambda x, *, dim: torch.softmax(x, dim),
     "log_softmax": lambda x, *, dim: torch.log_softmax(x, dim),
@@ -216,6 +237,7 @@ TORCH_IMPLS = {
     "matmul": _no_attrs(torch.matmul),
     "scaled_dot_product_attention": _sdpa,
     "embedding": lambda weight, indices: F.embedding(indices, weight),
+    "embedding_bag": _embedding_bag,
     "gather": lambda x, index, *, dim: torch.gather(x, dim, index),
     "index": _index,
     "max_pool2d": _max_pool2d,

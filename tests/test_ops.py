@@ -13,6 +13,7 @@ float64 rtol 1e-9 / atol 1e-12; integer and bool results must be exactly equal.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ TOLERANCES = {  # dtype -> (rtol, atol)
     torch.float64: (1e-9, 1e-12),
 }
 CPU = torch.device("cpu")
+NAN = float("nan")
 aten = torch.ops.aten
 
 
@@ -110,6 +112,31 @@ def _attention_mask(gen: torch.Generator) -> torch.Tensor:
 
 def _gather_index(gen: torch.Generator, shape: tuple[int, ...], high: int) -> torch.Tensor:
     return torch.randint(0, high, shape, generator=gen, dtype=torch.int64)
+
+
+def distinct(*shape: int, dtype: torch.dtype = torch.float32) -> Spec:
+    """A random permutation of 0..n-1, centred and scaled by 1/4 (exact in f16 too): no two
+    values tie, so topk and argmax have one right answer whatever order a kernel breaks ties."""
+    def make(gen: torch.Generator) -> torch.Tensor:
+        n = math.prod(shape)
+        perm = torch.randperm(n, generator=gen).reshape(shape) - n // 2
+        return perm.to(dtype) if not dtype.is_floating_point else (perm * 0.25).to(dtype)
+
+    return custom(make)
+
+
+def _bag(*values: int) -> Spec:
+    return lit(list(values), torch.int64)
+
+
+_WORDS = _bag(1, 2, 2, 4, 5, 0, 2)  # embedding_bag indices
+_PADDED = _bag(2, 2, 1, 3, 2, 4, 2)  # with padding_idx 2: the first bag is only padding
+
+
+def _stable_sort_head(k: int, dim: int, descending: bool):
+    """torch's stable sort, first k along dim: the order the IR's topk promises on ties."""
+    return lambda x: [t.narrow(dim, 0, k) for t in torch.sort(x, dim=dim, descending=descending,
+                                                                stable=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +310,58 @@ ROWS: list[Row] = [
     row("i64-keepdim", "amax", [i64(3, 4)], lambda x: torch.amax(x, dim=1, keepdim=True),
         dims=(1,), keepdim=True),
     row("0d-dim-neg", "amax", [lit(3.0)], lambda x: torch.amax(x, dim=-1), dims=(-1,)),
+    row("f32", "amin", [f32(2, 3, 4)], lambda x: torch.amin(x, dim=(0, 2)), dims=(0, 2)),
+    row("i64-keepdim", "amin", [i64(3, 4)], lambda x: torch.amin(x, dim=1, keepdim=True),
+        dims=(1,), keepdim=True),
+    row("bool", "amin", [boolean(3, 4)], lambda x: torch.amin(x, dim=0), dims=(0,)),
+    row("nan-propagates", "amin", [lit([[1.0, NAN, -3.0], [2.0, 0.5, 4.0]])],
+        lambda x: torch.amin(x, dim=1), dims=(1,)),
+    row("0d", "amin", [lit(-2.0)], lambda x: torch.amin(x, dim=0), dims=(0,)),
+    row("f32-dim1", "argmax", [distinct(3, 7)], lambda x: torch.argmax(x, 1), dim=1),
+    row("keepdim-neg", "argmax", [distinct(2, 3, 4)], lambda x: torch.argmax(x, -1, keepdim=True),
+        dim=-1, keepdim=True),
+    row("flat", "argmax", [distinct(3, 4)], torch.argmax),
+    row("flat-keepdim", "argmax", [distinct(3, 4)], lambda x: torch.argmax(x, keepdim=True),
+        keepdim=True),
+    row("i64-ties-first", "argmax", [i64(4, 9, lo=0, hi=3)], lambda x: torch.argmax(x, 1), dim=1),
+    row("nan-wins", "argmax", [lit([[1.0, NAN, 5.0, NAN], [2.0, 3.0, 1.0, 0.0]])],
+        lambda x: torch.argmax(x, 1), dim=1),
+    row("f16", "argmax", [distinct(5, 3, dtype=torch.float16)], lambda x: torch.argmax(x, 0),
+        dim=0),
+    row("u8", "argmax", [lit([3, 250, 7, 250], torch.uint8)], lambda x: torch.argmax(x, 0), dim=0),
+    row("0d", "argmax", [lit(1.5)], lambda x: torch.argmax(x, 0), dim=0),
+    row("f32-dim0", "argmin", [distinct(6, 4)], lambda x: torch.argmin(x, 0), dim=0),
+    row("flat-keepdim", "argmin", [distinct(2, 3, 2)], lambda x: torch.argmin(x, keepdim=True),
+        keepdim=True),
+    row("i32-ties-first", "argmin", [i32(3, 8, lo=0, hi=3)], lambda x: torch.argmin(x, -1),
+        dim=-1),
+    row("nan-wins", "argmin", [lit([[1.0, -2.0, NAN, NAN], [2.0, 3.0, -1.0, 0.0]])],
+        lambda x: torch.argmin(x, 1, keepdim=True), dim=1, keepdim=True),
+    row("largest-last-dim", "topk", [distinct(4, 9)], lambda x: torch.topk(x, 3), k=3),
+    row("smallest-dim0", "topk", [distinct(6, 4)],
+        lambda x: torch.topk(x, 2, dim=0, largest=False), k=2, dim=0, largest=False),
+    row("k-is-size-sort-descending", "topk", [distinct(3, 5)],
+        lambda x: torch.sort(x, 1, descending=True), k=5, dim=1),
+    row("k-is-size-sort", "topk", [distinct(2, 3, 4)], lambda x: torch.sort(x, 1), k=3, dim=1,
+        largest=False),
+    row("k0", "topk", [distinct(3, 5)], lambda x: torch.topk(x, 0), k=0),
+    row("i64-smallest", "topk", [distinct(2, 7, dtype=torch.int64)],
+        lambda x: torch.topk(x, 4, largest=False), k=4, largest=False),
+    row("i64-extremes", "topk", [lit([[-(2**63), 5, 2**63 - 1, 0]], torch.int64)],
+        lambda x: torch.topk(x, 3), k=3),
+    row("u8", "topk", [lit([[3, 250, 0, 7]], torch.uint8)], lambda x: torch.topk(x, 2), k=2),
+    row("f16", "topk", [distinct(3, 8, dtype=torch.float16)], lambda x: torch.topk(x, 2), k=2),
+    row("nan-above-all", "topk", [lit([[1.0, NAN, 5.0, 2.0], [0.5, -1.0, 3.0, 9.0]])],
+        lambda x: torch.topk(x, 2), k=2),
+    row("nan-last-smallest", "topk", [lit([[1.0, NAN, 5.0, 2.0]])],
+        lambda x: torch.topk(x, 4, largest=False), k=4, largest=False),
+    row("ties-stable-descending", "topk", [lit([[3.0, 1.0, 3.0, 2.0, 1.0, 3.0]])],
+        _stable_sort_head(4, 1, True), k=4, dim=1),
+    row("ties-stable-ascending", "topk", [i64(3, 10, lo=0, hi=3)], _stable_sort_head(10, 1, False),
+        k=10, dim=1, largest=False),
+    row("bool-sort", "topk", [boolean(3, 6)], _stable_sort_head(6, 1, True), k=6, dim=1),
+    row("0d", "topk", [lit(2.5)], lambda x: torch.topk(x, 1), k=1),
+    row("empty-other-dim", "topk", [f32(0, 5)], lambda x: torch.topk(x, 2), k=2),
     row("f32-dim1", "cumsum", [f32(2, 5, 3)], lambda x: torch.cumsum(x, 1), dim=1),
     row("f32-neg", "cumsum", [f32(2, 3, 6)], lambda x: torch.cumsum(x, -1), dim=-1),
     row("bool-gives-i64", "cumsum", [boolean(2, 7)], lambda x: torch.cumsum(x, 1), dim=1),
@@ -414,6 +493,44 @@ ROWS: list[Row] = [
         lambda x, i, j: aten.index.Tensor(x, [None, i, j]), dim=1),
     row("two-0d-indices", "index", [i64(3, 4), lit(2, torch.int64), lit(-4, torch.int64)],
         lambda x, i, j: aten.index.Tensor(x, [i, j]), dim=0),
+    row("sum-empty-bags", "embedding_bag", [f32(6, 3), _WORDS, _bag(0, 0, 3, 3, 7)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="sum"), mode="sum"),
+    row("mean-empty-bags", "embedding_bag", [f32(6, 3), _WORDS, _bag(0, 0, 3, 3, 7)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="mean"), mode="mean"),
+    row("max-empty-bags", "embedding_bag", [f32(6, 3), _WORDS, _bag(0, 3, 3, 7)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="max"), mode="max"),
+    row("sum-per-sample-weights", "embedding_bag", [f32(6, 3), _WORDS, _bag(0, 2, 5), f32(7)],
+        lambda w, i, o, p: F.embedding_bag(i, w, o, mode="sum", per_sample_weights=p),
+        mode="sum"),
+    row("include-last-offset", "embedding_bag", [f32(6, 3), _WORDS, _bag(0, 2, 5, 7)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="mean", include_last_offset=True),
+        mode="mean", include_last_offset=True),
+    row("include-last-offset-short", "embedding_bag", [f32(6, 3), _WORDS, _bag(0, 2, 4)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="sum", include_last_offset=True),
+        mode="sum", include_last_offset=True),
+    row("padding-mean", "embedding_bag", [f32(6, 3), _PADDED, _bag(0, 2, 3, 5)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="mean", padding_idx=2), mode="mean",
+        padding_idx=2),
+    row("padding-max", "embedding_bag", [f32(6, 3), _PADDED, _bag(0, 2, 3, 5)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="max", padding_idx=2), mode="max",
+        padding_idx=2),
+    row("padding-sum-weights", "embedding_bag", [f32(6, 3), _PADDED, _bag(0, 2, 3, 5), f32(7)],
+        lambda w, i, o, p: F.embedding_bag(i, w, o, mode="sum", per_sample_weights=p,
+                                           padding_idx=2), mode="sum", padding_idx=2),
+    row("i32-indices-i64-offsets", "embedding_bag",
+        [f32(6, 3), lit([5, 0, 3, 3], torch.int32), _bag(0, 1)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="sum"), mode="sum"),
+    row("f64-max", "embedding_bag", [f64(6, 3), _WORDS, _bag(0, 4)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="max"), mode="max"),
+    row("f16-mean", "embedding_bag", [f16(6, 3), _WORDS, _bag(0, 4, 4)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="mean"), mode="mean"),
+    row("no-bags", "embedding_bag", [f32(6, 3), _WORDS, lit([], torch.int64)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="sum"), mode="sum"),
+    row("no-indices", "embedding_bag", [f32(6, 3), lit([], torch.int64), _bag(0, 0)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="max"), mode="max"),
+    row("max-nan-only-as-first-row", "embedding_bag",
+        [lit([[NAN, 1.0], [2.0, NAN], [0.5, 0.5]]), _bag(0, 1, 2, 1), _bag(0, 2)],
+        lambda w, i, o: F.embedding_bag(i, w, o, mode="max"), mode="max"),
     # --- storage order (layout-nhwc): the same values ---------------------------------------
     row("nhwc", "memory_format", [f32(2, 3, 4, 5)], lambda x: x.clone(), layout="nhwc"),
     row("nchw-i64", "memory_format", [i64(1, 2, 3, 1)], lambda x: x.clone(), layout="nchw"),
@@ -627,7 +744,8 @@ def assert_matches(got: torch.Tensor, expected: torch.Tensor) -> None:
     assert tuple(got.shape) == tuple(expected.shape)
     if expected.dtype.is_floating_point:
         rtol, atol = TOLERANCES[expected.dtype]
-        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
+        # a NaN where torch has one (a max or topk that must let NaN win) matches
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol, equal_nan=True)
     else:
         assert torch.equal(got, expected), (got, expected)
 
@@ -734,6 +852,8 @@ def _t(*shape: int, dtype: str = "f32") -> TensorType:
     return TensorType(shape, dtype)
 
 
+_IDS, _OFFS = _t(7, dtype="i64"), _t(2, dtype="i64")  # embedding_bag indices, offsets
+
 REJECTED = [
     ("conv2d-channels-vs-weight", "conv2d", [_t(1, 4, 5, 5), _t(6, 3, 3, 3)], {}),
     ("conv2d-groups-vs-channels", "conv2d", [_t(1, 4, 5, 5), _t(6, 2, 3, 3)], {"groups": 3}),
@@ -839,6 +959,37 @@ REJECTED = [
     ("pad-value-u8-negative", "pad", [_t(3, dtype="u8")], {"pads": (1, 1), "value": -1.0}),
     ("pad-value-i64-nan", "pad", [_t(3, dtype="i64")], {"pads": (1, 1), "value": float("nan")}),
     ("pad-value-f16-overflow", "pad", [_t(3, dtype="f16")], {"pads": (1, 1), "value": 1e6}),
+    ("amin-dim-range", "amin", [_t(2, 3)], {"dims": (2,)}),
+    ("argmax-bool", "argmax", [_t(3, dtype="bool")], {"dim": 0}),
+    ("argmax-dim-range", "argmax", [_t(2, 3)], {"dim": 2}),
+    ("argmax-empty-dim", "argmax", [_t(0, 3)], {"dim": 0}),
+    ("argmin-flat-empty", "argmin", [_t(3, 0)], {}),
+    ("topk-missing-k", "topk", [_t(3, 4)], {}),
+    ("topk-k-too-big", "topk", [_t(3, 4)], {"k": 5}),
+    ("topk-k-negative", "topk", [_t(3, 4)], {"k": -1}),
+    ("topk-dim-range", "topk", [_t(3, 4)], {"k": 1, "dim": 2}),
+    ("topk-0d-k0", "topk", [_t()], {"k": 0}),
+    ("embedding_bag-bad-mode", "embedding_bag", [_t(10, 4), _IDS, _OFFS], {"mode": "min"}),
+    ("embedding_bag-weights-with-mean", "embedding_bag", [_t(10, 4), _IDS, _OFFS, _t(7)],
+     {"mode": "mean"}),
+    ("embedding_bag-weights-shape", "embedding_bag", [_t(10, 4), _IDS, _OFFS, _t(6)],
+     {"mode": "sum"}),
+    ("embedding_bag-weights-dtype", "embedding_bag", [_t(10, 4), _IDS, _OFFS, _t(7, dtype="f64")],
+     {"mode": "sum"}),
+    ("embedding_bag-float-indices", "embedding_bag", [_t(10, 4), _t(7), _OFFS], {"mode": "sum"}),
+    ("embedding_bag-2d-indices", "embedding_bag", [_t(10, 4), _t(2, 3, dtype="i64"), _OFFS],
+     {"mode": "sum"}),
+    ("embedding_bag-i16-offsets", "embedding_bag", [_t(10, 4), _IDS, _t(2, dtype="i16")],
+     {"mode": "sum"}),
+    ("embedding_bag-1d-weight", "embedding_bag", [_t(10), _IDS, _OFFS], {"mode": "sum"}),
+    ("embedding_bag-int-weight", "embedding_bag", [_t(10, 4, dtype="i64"), _IDS, _OFFS],
+     {"mode": "sum"}),
+    ("embedding_bag-padding-range", "embedding_bag", [_t(10, 4), _IDS, _OFFS],
+     {"mode": "sum", "padding_idx": 10}),
+    ("embedding_bag-padding-negative", "embedding_bag", [_t(10, 4), _IDS, _OFFS],
+     {"mode": "max", "padding_idx": -1}),
+    ("embedding_bag-last-offset-without-offsets", "embedding_bag",
+     [_t(10, 4), _IDS, _t(0, dtype="i64")], {"mode": "sum", "include_last_offset": True}),
 ]
 
 
