@@ -21,6 +21,21 @@ def interleaved(systems: dict[str, Callable[[], object]], repeats: int = 30,
     return {name: summarize(times) for name, times in samples.items()}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux), and its int8-relevant
+    ISA extensions where /proc/cpuinfo lists them."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{model} ({' '.join(isa)})" if isa else model
+
+
 def machine() -> dict[str, object]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -28,7 +43,7 @@ def machine() -> dict[str, object]:
     except OSError:
         commit = ""
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit}
 
 

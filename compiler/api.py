@@ -31,6 +31,7 @@ from fxforge.errors import InputError, OptionError
 from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph
 from fxforge.kernels import int8_scheme
+from fxforge.passes.smooth import check_alpha
 from fxforge.pipeline import DebugOptions, PassManager, parse_pipeline
 from fxforge.quant_math import WEIGHT_BITS
 from fxforge.quantization import (
@@ -192,7 +193,7 @@ class CompiledModel:
     def _capture_entry(self, args: tuple, kwargs: dict, key: tuple) -> _Entry:
         if self._quant is not None:
             self._quant.prepare(n_inputs=len(args))
-            self._manager.options["quantize"] = self._quant.pass_options()
+            self._manager.options.update(self._quant.pass_options())
         captured = None
         if self._quant is not None and not kwargs:
             captured = self._quant.captured_for(args)
@@ -317,10 +318,22 @@ def _weight_bits(target: Target, asked: int | None) -> int:
     return int(asked)
 
 
+def _smooth_alpha(smooth: Any, calibration: Any, pipeline: Sequence[str]) -> float | None:
+    alpha = check_alpha(smooth)
+    if alpha is not None and calibration is None:
+        raise OptionError("smooth= needs calibration data: its scales come from the activations' "
+                          "per-channel maxima")
+    if alpha is not None and ("smooth" not in pipeline or "quantize" not in pipeline
+                              or pipeline.index("smooth") > pipeline.index("quantize")):
+        raise OptionError("smooth= needs the 'smooth' pass before 'quantize' in the pipeline")
+    return alpha
+
+
 def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any = None,  # noqa: A001
             calibration: Any = None, calibration_method: str = "minmax",
             percentile: float = 99.99, min_sqnr: float | None = None,
             keep_float: Sequence[str] = (), weight_bits: int | None = None,
+            smooth: float | bool | None = None,
             passes: str | list[str] | None = None, debug: Any = None,
             **options: Any) -> CompiledModel:
     """Compile `model` for `target` (see `fxforge.TARGETS`).
@@ -341,6 +354,12 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
     weight_bits: 8 or 7 (weights in [-63, 63], declared `w_bits=7` in the IR). Default: 8, except
         on `cpu-int8`, which takes what this CPU's int8 kernels sum exactly (7 where oneDNN adds
         pairs of products in 16 bits, as on CPUs without VNNI); the report names the scheme.
+    smooth: with calibration, SmoothQuant: activation outlier channels are divided out of the
+        inputs of linear layers and into their weights (passes/smooth.py). "auto" picks the
+        migration strength alpha per layer (or none) by simulated int8 error; a number in (0, 1]
+        uses that alpha everywhere (True: 0.5). Helps transformers whose activations have
+        channels far larger than the rest. The calibration data is read twice, so it must be a
+        list or a DataLoader, not a generator.
 
     cuda targets (`cuda`, `cuda-fp16`, `cuda-int8`, `cuda-int4`) run generated Triton kernels on
     a CUDA device (or on the CPU under TRITON_INTERPRET=1); the report lists which nodes became
@@ -356,15 +375,16 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
                         + ("" if info.backend != "triton" else "; Triton targets take autotune="))
     int8 = info.precision == "int8"
     if not int8 and (calibration is not None or min_sqnr is not None or keep_float
-                     or weight_bits is not None):
-        warnings.warn(f"calibration, min_sqnr, keep_float and weight_bits are only used by int8 "
-                      f"targets; target {target!r} ignores them", stacklevel=2)
+                     or weight_bits is not None or smooth not in (None, False)):
+        warnings.warn(f"calibration, min_sqnr, keep_float, weight_bits and smooth are only used "
+                      f"by int8 targets; target {target!r} ignores them", stacklevel=2)
+    pipeline = info.pipeline if passes is None else parse_pipeline(passes)
     quant = None
     if int8:
         quant = QuantOptions(calibration, calibration_method, percentile,
                              check_min_sqnr(min_sqnr), check_keep_float(keep_float),
-                             weight_bits=_weight_bits(info, weight_bits))
-    pipeline = info.pipeline if passes is None else parse_pipeline(passes)
+                             weight_bits=_weight_bits(info, weight_bits),
+                             smooth=_smooth_alpha(smooth, calibration, pipeline))
     compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
     if example_inputs is not None:
         args, kwargs = _normalize_example(example_inputs)

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
-from fxforge.calibration import ActivationStats, check_method, iter_samples
+from fxforge.calibration import ActivationStats, ChannelStats, check_method, iter_samples
 from fxforge.capture import Captured, capture
 from fxforge.errors import CalibrationError, FxforgeError, OptionError
 from fxforge.execute import TorchProgram
 from fxforge.ir import Graph, Node
 from fxforge.passes.quantize import check_keep_float_names, quantize_graph
+from fxforge.passes.smooth import candidates, smooth, smoothing_scales
 from fxforge.pipeline import DebugOptions, PassManager
 
 
@@ -47,6 +48,7 @@ class QuantOptions:
     keep_float: tuple[str, ...] = ()  # module paths or value names to keep in float
     eval_samples: int = 8
     weight_bits: int = 8  # 7 where the CPU's int8 kernels need it (kernels/int8_scheme.py)
+    smooth: float | str | None = None  # SmoothQuant's alpha or "auto" (passes/smooth.py)
 
 
 @dataclass
@@ -141,6 +143,9 @@ class Quantization:
         self.keep_float: tuple[str, ...] = tuple(options.keep_float)
         self.analysis: QuantAnalysis | None = None
         self._graphs: dict[tuple, tuple[Captured, Graph]] = {}
+        self.smooth_scales: dict[str, Any] = {}  # value name -> SmoothQuant's s (passes/smooth.py)
+        self.smooth_notes: list[str] = []  # the alpha each smoothed value got, for the report
+        self._smoothed: dict[tuple, Graph] = {}
         self._eval: list[tuple] = []
         self._prepared = False
         self._failure: FxforgeError | None = None  # see prepare()
@@ -160,6 +165,8 @@ class Quantization:
         return entry[0] if entry else None
 
     def _float_graph(self, args: tuple, index: int) -> tuple[Captured, Graph]:
+        """The capture and float graph for inputs like `args`: the target's passes up to
+        `quantize`, with smoothing applied once its scales are known."""
         key = self._signature(args)
         if key not in self._graphs:
             try:
@@ -171,7 +178,12 @@ class Quantization:
             if not self._graphs:  # a keep_float typo fails before calibration runs (names are
                 check_keep_float_names(self.options.keep_float, graph)  # matched as quantize will)
             self._graphs[key] = (captured, graph)
-        return self._graphs[key]
+        captured, graph = self._graphs[key]
+        if self.smooth_scales:
+            if key not in self._smoothed:
+                self._smoothed[key] = smooth(graph, self.smooth_scales)[0]
+            graph = self._smoothed[key]
+        return captured, graph
 
     @staticmethod
     def _graph_inputs(captured: Captured, args: tuple) -> list[torch.Tensor]:
@@ -195,6 +207,7 @@ class Quantization:
             self._calibrate(n_inputs)
         except Exception as e:
             self.ranges, self.analysis, self._eval = None, None, []
+            self.smooth_scales, self._smoothed, self.smooth_notes = {}, {}, []
             if isinstance(e, FxforgeError):
                 self._failure = e
                 raise
@@ -206,23 +219,19 @@ class Quantization:
         data = self.options.calibration
         if data is None:
             return
+        if self.options.smooth is not None:
+            self._measure_smoothing(data, n_inputs)
         stats: ActivationStats | None = None
-        programs: dict[int, TorchProgram] = {}
-        from tqdm.auto import tqdm
 
-        samples = iter_samples(data, n_inputs)
-        with torch.no_grad():
-            for index, args in enumerate(tqdm(samples, desc="calibrating", unit="sample",
-                                              leave=False, disable=None)):
-                captured, graph = self._float_graph(args, index)
-                if stats is None:
-                    stats = ActivationStats(_float_values(graph))
-                program = programs.get(id(graph))
-                if program is None:
-                    program = programs[id(graph)] = TorchProgram(graph, torch.device("cpu"))
-                program(self._graph_inputs(captured, args), observe=stats)
-                if len(self._eval) < self.options.eval_samples:
-                    self._eval.append(args)
+        def observe(graph: Graph, args: tuple) -> ActivationStats:
+            nonlocal stats
+            if stats is None:
+                stats = ActivationStats(_float_values(graph))
+            if len(self._eval) < self.options.eval_samples:
+                self._eval.append(args)
+            return stats
+
+        self._run_samples(data, n_inputs, "calibrating", observe)
         self.ranges = stats.ranges(self.options.method, self.options.percentile)
         self.analysis = self.analyze(self.keep_float)
         if self.options.min_sqnr is not None:
@@ -236,9 +245,53 @@ class Quantization:
                 self.analysis.kept_by_min_sqnr = kept
             self.analysis.min_sqnr = self.options.min_sqnr
 
-    def pass_options(self) -> dict[str, Any]:
-        return {"ranges": self.ranges, "keep_float": self.keep_float,
-                "weight_bits": self.options.weight_bits}
+    def _run_samples(self, data: Any, n_inputs: int | None, what: str,
+                     observer_for: Callable[[Graph, tuple], Callable]) -> None:
+        """Run every sample through its float graph, watched by `observer_for(graph, sample)`."""
+        from tqdm.auto import tqdm
+
+        programs: dict[int, TorchProgram] = {}
+        with torch.no_grad():
+            for index, args in enumerate(tqdm(iter_samples(data, n_inputs), desc=what,
+                                              unit="sample", leave=False, disable=None)):
+                captured, graph = self._float_graph(args, index)
+                observer = observer_for(graph, args)
+                program = programs.get(id(graph))
+                if program is None:
+                    program = programs[id(graph)] = TorchProgram(graph, torch.device("cpu"))
+                program(self._graph_inputs(captured, args), observe=observer)
+
+    def _measure_smoothing(self, data: Any, n_inputs: int | None) -> None:
+        """SmoothQuant's first look at the data: max |x| per channel of every value that feeds
+        linear layers, turned into scales (passes/smooth.py). Calibration then reads the data
+        again, through the smoothed graph, so the int8 ranges are those of x / s."""
+        if isinstance(data, Iterator):
+            raise OptionError(
+                f"smooth={self.options.smooth} reads the calibration data twice (channel maxima, "
+                f"then ranges), but a {type(data).__name__} can be read only once: pass a list "
+                "or a DataLoader")
+        stats: ChannelStats | None = None
+        first: Graph | None = None
+
+        def observe(graph: Graph, args: tuple) -> ChannelStats:
+            nonlocal stats, first
+            if stats is None:
+                first = graph
+                stats = ChannelStats(candidates(graph, self.keep_float))
+            return stats
+
+        self._run_samples(data, n_inputs, "smoothing: channel statistics", observe)
+        self.smooth_scales, chosen = smoothing_scales(
+            first, stats, self.options.smooth, self.keep_float, self.options.weight_bits)
+        self.smooth_notes = [f"smoothing %{name}: " + ("left alone" if a is None else
+                                                        f"alpha {a:g}")
+                             for name, a in chosen.items()]
+
+    def pass_options(self) -> dict[str, dict[str, Any]]:
+        """Options of the passes after calibration, by pass name."""
+        return {"smooth": {"scales": self.smooth_scales},
+                "quantize": {"ranges": self.ranges, "keep_float": self.keep_float,
+                             "weight_bits": self.options.weight_bits}}
 
     # --- accuracy ---
 
@@ -285,7 +338,8 @@ class Quantization:
             outputs=[{"sqnr_db": p.db, "cosine": min(c[0] for c in e) if e else math.nan,
                       "max_abs_error": max(c[1] for c in e) if e else math.nan}
                      for p, e in outputs],
-            notes=[f"kept float: {k}" for k in stats["kept_float"]] + stats["round_trips"])
+            notes=[f"kept float: {k}" for k in stats["kept_float"]] + stats["round_trips"]
+            + self.smooth_notes)
 
 
 class _Keep(dict):

@@ -25,8 +25,9 @@ class Target:
 _FLOAT = ("canonicalize", "fold-constants", "cse", "fold-batchnorm", "remove-pruned-channels",
           "canonicalize", "fuse", "dce")
 
-# int8: the float pipeline, then quantize (see passes/quantize.py) and a last cleanup.
-_INT8 = (*_FLOAT, "quantize", "dce")
+# int8: the float pipeline, then quantize (see passes/quantize.py) and a last cleanup. smooth
+# does nothing unless calibration was asked to smooth (compile(..., smooth=0.5)).
+_INT8 = (*_FLOAT, "smooth", "quantize", "dce")
 
 # cuda: the same pipelines, then activations channels-last between the graph's edges.
 _CUDA = (*_FLOAT, "layout-nhwc")

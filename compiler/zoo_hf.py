@@ -234,6 +234,37 @@ def build(name: str, batch: int = 2) -> tuple[nn.Module, Inputs]:
     return model.eval(), inputs
 
 
+def sample_inputs(name: str, batch: int = 2, seed: int = 1) -> Inputs:
+    """Other inputs for zoo model `name` (calibration or held-out data), drawn as `build` draws
+    them, from `seed` (build's own inputs come from seed 0)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return HF_ZOO[name].build(batch)[1]
+
+
+def with_outliers(model: nn.Module, channels: int = 4, factor: float = 30.0,
+                  seed: int = 0) -> nn.Module:
+    """`model` (changed in place, and returned) with outlier channels, as trained transformers
+    have them: the gain (and bias) of `channels` random channels of every norm layer with a 1-D
+    weight multiplied by `factor`. Trained BERT, OPT and Llama models have a few norm channels
+    10-100x larger than the rest (Dettmers et al. 2022, LLM.int8(); Bondarenko et al. 2021),
+    which int8's per-tensor activation scales handle badly; random-init models have none, so a
+    zoo of them never shows the problem SmoothQuant (`compile(..., smooth=)`) solves."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if "norm" not in type(module).__name__.lower() or not isinstance(weight, torch.Tensor) \
+                    or weight.ndim != 1:
+                continue
+            picked = torch.randperm(weight.shape[0], generator=generator)[:channels]
+            weight[picked] *= factor
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor) and bias.shape == weight.shape:
+                bias[picked] *= factor
+    return model
+
+
 def call(model: Callable, inputs: Inputs) -> Any:
     """`model(**inputs)` or `model(*inputs)`."""
     return model(**inputs) if isinstance(inputs, dict) else model(*inputs)

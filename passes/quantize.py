@@ -115,6 +115,30 @@ def check_keep_float_names(names: Iterable[str], graph: Graph) -> None:
                       + f"\n  its quantizable layers: {shown or '(none)'}")
 
 
+def reason_float(graph: Graph, node: Node, keep: frozenset[str] = frozenset()) -> str | None:
+    """Why `node` stays float under `quantize`; None when it is quantized."""
+    if node.op not in QUANTIZABLE:
+        return "not a conv or linear"
+    if keep and keeps(keep, layer_names(graph, node)):
+        return "kept in float on request (keep_float / min_sqnr)"
+    weight = graph.constant(node.inputs[1])
+    if weight is None:
+        return "weight is not a constant"
+    bias = graph.constant(node.inputs[2]) if len(node.inputs) > 2 else None
+    if not np.isfinite(weight).all() or (bias is not None and not np.isfinite(bias).all()):
+        return "its weight or bias has inf/NaN values, which int8 cannot hold"
+    if node.inputs[0].type.dtype != "f32" or node.inputs[1].type.dtype != "f32":
+        return "not float32"
+    if _dot_length(node) < MIN_DOT:
+        return f"{_dot_length(node)} products per output: too little work to gain from int8"
+    if _dot_length(node) * 255 * 128 > 2**31 - 1:
+        return f"{_dot_length(node)} products per output could overflow the int32 accumulator"
+    _, _, operands = _layer_base(node)
+    if any(v.type.dtype != "f32" and graph.constant(v) is None for _, v in operands):
+        return "an epilogue operand is a non-float32 tensor computed at run time"
+    return None
+
+
 class _Quantizer:
     def __init__(self, graph: Graph, ranges: Mapping[str, Range] | None,
                  keep_float: Iterable[str], weight_bits: int):
@@ -132,33 +156,11 @@ class _Quantizer:
         self.layers: list[dict[str, Any]] = []
         self.kept: list[str] = []
         self.round_trips: list[str] = []
-        self.quantized = {n.outputs[0].name for n in graph.nodes if self._reason_float(n) is None}
+        self.quantized = {n.outputs[0].name for n in graph.nodes
+                          if reason_float(graph, n, self.keep) is None}
         self._share_cat_scales()
 
     # --- decisions ---
-
-    def _reason_float(self, node: Node) -> str | None:
-        """Why `node` stays float; None when it is quantized."""
-        if node.op not in QUANTIZABLE:
-            return "not a conv or linear"
-        if self.keep and keeps(self.keep, layer_names(self.graph, node)):
-            return "kept in float on request (keep_float / min_sqnr)"
-        weight = self.graph.constant(node.inputs[1])
-        if weight is None:
-            return "weight is not a constant"
-        bias = self.graph.constant(node.inputs[2]) if len(node.inputs) > 2 else None
-        if not np.isfinite(weight).all() or (bias is not None and not np.isfinite(bias).all()):
-            return "its weight or bias has inf/NaN values, which int8 cannot hold"
-        if node.inputs[0].type.dtype != "f32" or node.inputs[1].type.dtype != "f32":
-            return "not float32"
-        if _dot_length(node) < MIN_DOT:
-            return f"{_dot_length(node)} products per output: too little work to gain from int8"
-        if _dot_length(node) * 255 * 128 > 2**31 - 1:
-            return f"{_dot_length(node)} products per output could overflow the int32 accumulator"
-        _, _, operands = _layer_base(node)
-        if any(v.type.dtype != "f32" and self.graph.constant(v) is None for _, v in operands):
-            return "an epilogue operand is a non-float32 tensor computed at run time"
-        return None
 
     def _params(self, name: str) -> tuple[float, int] | None:
         r = self.ranges.get(name)
@@ -235,7 +237,8 @@ class _Quantizer:
                 self._transparent(node)
             else:
                 if node.op in QUANTIZABLE:
-                    self.kept.append(f"{node.provenance.describe()}: {self._reason_float(node)}")
+                    why = reason_float(self.graph, node, self.keep)
+                    self.kept.append(f"{node.provenance.describe()}: {why}")
                 elif node.op in ("matmul", "scaled_dot_product_attention"):
                     self.kept.append(f"{node.provenance.describe()}: {_why_matmul_float(node)}")
                 self._float(node)

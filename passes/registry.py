@@ -20,6 +20,7 @@ from fxforge.passes.layout_nhwc import layout_nhwc
 from fxforge.passes.quantize import quantize
 from fxforge.passes.quantize_int4 import quantize_int4
 from fxforge.passes.remove_pruned_channels import remove_pruned_channels
+from fxforge.passes.smooth import smooth
 from fxforge.passes.to_fp16 import to_fp16
 
 PassFn = Callable[..., tuple[Graph, dict]]  # (graph, **options) -> (graph, stats)
@@ -32,6 +33,7 @@ PASSES: dict[str, PassFn] = {
     "fold-batchnorm": fold_batchnorm,
     "remove-pruned-channels": remove_pruned_channels,
     "fuse": fuse,
+    "smooth": smooth,
     "quantize": quantize,
     "to-fp16": to_fp16,
     "layout-nhwc": layout_nhwc,

@@ -675,14 +675,15 @@ def _property(kind: str, static: bool) -> Counter:
 # get no floor: past its first examples Hypothesis's generation depends on the process it runs
 # in, not on the seed alone (the same seed drew 0 to 7 quantized epilogues depending on which
 # modules were imported before: measured 2026-11-22), so quantized epilogues and int8 layout ops
-# are covered by the IR tests above instead.
+# are covered by the IR tests above instead. The int8-results floor is 1 for the same reason: the
+# full suite drew 8, this file run after a few others drew 2 (2026-12-07).
 def _assert_floors(kind: str, seen: Counter, static: bool) -> None:
     if EXAMPLES < 30:
         return
     share = 2 if kind == "cnn" else 5
     assert seen["graphs with a quantized layer"] >= seen["graphs"] // share, seen
     if kind == "cnn":
-        assert seen["int8 results"] >= (3 if static else 0), seen
+        assert seen["int8 results"] >= (1 if static else 0), seen
 
 
 @pytest.mark.parametrize("kind", sorted(GRAPHS))
