@@ -5,6 +5,7 @@
     fxforge demo                                                   # the bundled default
     fxforge targets | fxforge ops                                  # what exists
     fxforge bench [--quick] [--models m,..] [--systems s,..]       # side-by-side benchmark
+    fxforge replay|bisect|reduce BUNDLE, fxforge view DUMP_DIR     # debugging a pass
 """
 
 from __future__ import annotations
@@ -106,14 +107,16 @@ def _inputs(args: argparse.Namespace, example: tuple | None) -> tuple:
 
 def _debug(args: argparse.Namespace) -> DebugOptions:
     debug: dict[str, Any] = {}
-    for key in ("print_before", "print_after", "dump_dir"):
+    for key in ("print_before", "print_after", "dump_dir", "repro_dir"):
         if getattr(args, key):
             debug[key] = getattr(args, key)
-    for key in ("print_changed", "print_diff"):
+    for key in ("print_changed", "print_diff", "check_each"):
         if getattr(args, key):
             debug[key] = True
     if args.verify:
         debug["verify_each"] = True
+    if args.bisect_limit is not None:
+        debug["bisect_limit"] = args.bisect_limit
     return DebugOptions.make(debug)
 
 
@@ -278,6 +281,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-diff", action="store_true", help="print a diff instead of the IR")
     p.add_argument("--dump-dir", metavar="DIR", help="write every stage as DIR/NN-pass.ir")
     p.add_argument("--verify", action="store_true", help="verify the IR after every pass")
+    p.add_argument("--check-each", action="store_true",
+                   help="run every stage on the numpy reference; stop at the first pass that "
+                        "changes what the graph computes (MiscompileError + reproducer)")
+    p.add_argument("--bisect-limit", type=int, metavar="N",
+                   help="apply only the first N rewrites (each logged as a BISECT line)")
+    p.add_argument("--repro-dir", metavar="DIR",
+                   help="write failure reproducers here (default: the temp dir; 'off': none)")
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
@@ -308,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fxforge", description="fxforge: compile PyTorch models through an inspectable IR.",
         epilog="Environment: FXFORGE_PRINT_AFTER=all, FXFORGE_PRINT_BEFORE, "
                "FXFORGE_PRINT_CHANGED=1, FXFORGE_PRINT_DIFF=1, FXFORGE_DUMP_DIR=dir, "
-               "FXFORGE_VERIFY=1 apply to every compile.")
+               "FXFORGE_VERIFY=1, FXFORGE_CHECK_EACH=1, FXFORGE_BISECT_LIMIT=N, "
+               "FXFORGE_REPRO_DIR=dir apply to every compile.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("ir", help="print the captured and the optimized IR of a model")
     _add_model_args(p)
@@ -332,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "torch.compile and ONNX Runtime: JSON, markdown, plots")
     _add_bench_args(p)
     p.set_defaults(fn=cmd_bench)
+    from fxforge.debug.cli import add_commands
+
+    add_commands(sub)
     sub.add_parser("targets", help="list compile targets").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list the IR's ops").set_defaults(fn=cmd_ops)
     return parser

@@ -32,7 +32,7 @@ from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph
 from fxforge.kernels import int8_scheme
 from fxforge.passes.smooth import check_alpha
-from fxforge.pipeline import DebugOptions, PassManager, parse_pipeline
+from fxforge.pipeline import DebugOptions, PassManager, parse_pipeline, pass_names
 from fxforge.quant_math import WEIGHT_BITS
 from fxforge.quantization import (
     Quantization,
@@ -101,7 +101,7 @@ class CompiledModel:
         self.target = target.name
         self._target = target
         self._manager = PassManager(pipeline, debug)
-        self.report = Report(target.name, pipeline)
+        self.report = Report(target.name, pass_names(pipeline))
         if quant is not None:
             self.report.int8 = f"{quant.weight_bits}-bit weights"
             if target.backend == "torch":
@@ -190,6 +190,25 @@ class CompiledModel:
             entry = self._entries.get(key)  # another thread may have captured it meanwhile
             return entry if entry is not None else self._capture_entry(args, kwargs, key)
 
+    def _check_samples(self, captured: Captured, args: tuple, kwargs: dict) -> list | None:
+        """What `check_each` runs each stage on: these inputs, and up to two calibration samples
+        of the same shapes (None when the check is off: converting costs a copy)."""
+        if not self._manager.debug.check_each:
+            return None
+
+        def arrays(a: tuple, k: dict) -> list[np.ndarray]:
+            leaves = pytree.tree_flatten((a, k))[0]
+            return [leaves[i].detach().cpu().numpy() for i in captured.input_leaves]
+
+        samples = [arrays(args, kwargs)]
+        if self._quant is not None and not kwargs:
+            shapes = [x.shape for x in samples[0]]
+            for extra in self._quant._eval[:2]:
+                candidate = arrays(extra, {})
+                if [x.shape for x in candidate] == shapes:
+                    samples.append(candidate)
+        return samples
+
     def _capture_entry(self, args: tuple, kwargs: dict, key: tuple) -> _Entry:
         if self._quant is not None:
             self._quant.prepare(n_inputs=len(args))
@@ -201,7 +220,8 @@ class CompiledModel:
         names = self._leaf_names(args, kwargs)
         signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
         subdir = "" if not self._entries else f"capture-{len(self._entries) + 1}"
-        graph, records = self._manager.run(captured.graph, dump_subdir=subdir)
+        graph, records = self._manager.run(captured.graph, dump_subdir=subdir,
+                                           samples=self._check_samples(captured, args, kwargs))
         before = captured.graph
         self.report.records.append(CompileRecord(
             signature, captured.export_seconds, captured.convert_seconds, records,
@@ -342,7 +362,11 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         the model is captured now and calls must match it; omitted, the model is captured at the
         first call and again for each new input signature.
     passes: the pipeline as a list or comma-separated string of pass names (default: the
-        target's). debug: instruments of the PassManager (see `fxforge.pipeline`).
+        target's); a list may hold callables `Graph -> Graph` or `Graph -> (Graph, stats)`
+        beside names (a pass under development gets every instrument). debug: instruments of
+        the PassManager (see `fxforge.pipeline`): prints, dumps, verify_each, check_each
+        (`fxforge.MiscompileError` at the first pass that changes what the graph computes),
+        bisect_limit, repro_dir (where failure reproducers go).
 
     int8 targets (`cpu-int8`, `reference-int8`):
     calibration: an iterable of samples (a tensor, or a tuple/list with one tensor per positional

@@ -42,3 +42,15 @@ class MissingDependencyError(FxforgeError, ImportError):
 
 class OptionError(FxforgeError, ValueError):
     """A `compile()` option with a value it cannot take; the message names the option."""
+
+
+class MiscompileError(FxforgeError):
+    """A pass whose output graph computes something else than its input graph on the numpy
+    reference (`debug={"check_each": True}`). Names the pass, the first diverging value (in the
+    input graph's order), its module path and the error; `bundle` is the reproducer's path."""
+
+    def __init__(self, message: str, *, pass_name: str, value: str, op: str, module: str,
+                 error: float, tolerance: str, bundle: str | None = None):
+        super().__init__(message)
+        self.pass_name, self.value, self.op, self.module = pass_name, value, op, module
+        self.error, self.tolerance, self.bundle = error, tolerance, bundle

@@ -58,12 +58,18 @@ def _to_declared(array: Any, v: Value, node: Node) -> np.ndarray:
     return array.astype(dtypes.to_numpy(v.type.dtype), copy=False)
 
 
-def run_reference(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run `graph` with the numpy reference. Inputs are converted to their declared dtypes."""
+def run_reference(graph: Graph, inputs: Sequence[np.ndarray],
+                  observe: Callable[[str, np.ndarray], None] | None = None) -> list[np.ndarray]:
+    """Run `graph` with the numpy reference. Inputs are converted to their declared dtypes.
+    `observe(name, array)`, given, sees every input and node result (constants too) as it is
+    made; the arrays are the interpreter's own, not to be changed."""
     _check_inputs(graph, inputs)
     env: dict[str, np.ndarray] = {
         v.name: np.asarray(x).astype(dtypes.to_numpy(v.type.dtype), copy=False)
         for v, x in zip(graph.inputs, inputs)}
+    if observe is not None:
+        for v in graph.inputs:
+            observe(v.name, env[v.name])
     for node, expired in zip(graph.nodes, _last_uses(graph)):
         if node.op == "const":
             array = node.attrs["value"].array
@@ -71,6 +77,8 @@ def run_reference(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray
                 raise ExecutionError(f"{node.describe()}: constant data was elided; parse the IR "
                                      "with parse_ir(text, constants=...) to run it")
             env[node.output.name] = array
+            if observe is not None:
+                observe(node.output.name, array)
             continue
         fn = ops.get(node.op).reference
         args = [env[v.name] for v in node.inputs]
@@ -84,6 +92,8 @@ def run_reference(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray
                                  f"{type(e).__name__}: {e}") from e
         for v, o in zip(node.outputs, _results(node, out)):
             env[v.name] = _to_declared(o, v, node)
+            if observe is not None:
+                observe(v.name, env[v.name])
         for name in expired:
             env.pop(name, None)
     return [env[v.name] for v in graph.outputs]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fxforge import dtypes, ops
+from fxforge.debug import bisect
 from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
 from fxforge.passes.dce import dce
 
@@ -101,6 +102,8 @@ def rewrite(graph: Graph, rules: Sequence[Rule], max_rounds: int = 50) -> tuple[
                 if not _same_types(node.outputs, replacement):
                     raise TypeError(f"rewrite rule {rule.name!r} changed the type of "
                                     f"{node.describe()}")
+                if not bisect.allow(f"rule {rule.name}", node.describe()):
+                    continue  # bisecting: this application is past the limit
                 subst.update({old.name: new for old, new in zip(node.outputs, replacement)})
                 stats[rule.name] += 1
                 changed = True
