@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import fxforge
+import fxforge.debug
 from fxforge import zoo_hf
 from fxforge.debug import bundle as bundles
 from fxforge.debug.bisect import Budget, bisect
@@ -270,3 +271,16 @@ def test_default_samples_are_valid_inputs():
     for v, a in zip(compiled.graph.inputs, samples[0]):
         assert a.shape == tuple(v.type.shape)
     assert not np.array_equal(samples[0][0], samples[1][0]) or samples[0][0].dtype.kind != "f"
+
+
+def test_a_bundle_on_request_replays_clean(tmp_path):
+    model, inputs = zoo_hf.build("bert", 2)
+    compiled = fxforge.compile(model, "cpu")
+    zoo_hf.call(compiled, inputs)
+    path = fxforge.debug.bundle_before(compiled, "fuse", tmp_path)
+    bundle = bundles.load_bundle(path)
+    assert bundle.pipeline == CPU[CPU.index("fuse"):]
+    assert bundle.signature == {"kind": "clean", "pass": "fuse"}
+    assert bundles.replay(path).reproduced
+    with pytest.raises(OptionError, match="no pass 'nope'"):
+        fxforge.debug.bundle_before(compiled, "nope", tmp_path)

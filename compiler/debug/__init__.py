@@ -25,6 +25,7 @@ _EXPORTS = {
     "write_bundle": ("fxforge.debug.bundle", "write_bundle"),
     "load_bundle": ("fxforge.debug.bundle", "load_bundle"),
     "replay": ("fxforge.debug.bundle", "replay"),
+    "bundle_before": ("fxforge.debug.bundle", "bundle_before"),
     "bisect": ("fxforge.debug.bisect", "bisect"),
 }
 

@@ -78,7 +78,10 @@ def signature_of(error: BaseException, pass_name: str) -> dict[str, Any]:
 
 def matches(want: Mapping[str, Any], got: Mapping[str, Any] | None, strict: bool = True) -> bool:
     """Is `got` the failure `want` names? strict: same pass, kind and exception type and message
-    (crash) or op (miscompile); not strict: same pass and kind."""
+    (crash) or op (miscompile); not strict: same pass and kind. A bundle written on request
+    from a clean run (kind "clean") matches a clean run (`got` None)."""
+    if want.get("kind") == "clean":
+        return got is None
     if got is None or got.get("kind") != want.get("kind") or got.get("pass") != want.get("pass"):
         return False
     if not strict:
@@ -88,6 +91,8 @@ def matches(want: Mapping[str, Any], got: Mapping[str, Any] | None, strict: bool
 
 
 def describe_signature(sig: Mapping[str, Any]) -> str:
+    if sig.get("kind") == "clean":
+        return f"the pipeline from {sig.get('pass')!r} runs clean"
     if sig.get("kind") == "crash":
         return f"pass {sig['pass']!r} raises {sig['exception']}: {sig['message']}"
     return f"pass {sig['pass']!r} miscompiles %{sig.get('value')} ({sig.get('op')})"
@@ -212,7 +217,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if not pipeline or not all(isinstance(p, str) for p in pipeline):
         raise PipelineError(f"{manifest_path}: 'pipeline' must be a non-empty list of names")
     signature = _field(manifest, "signature", dict, manifest_path)
-    if signature.get("kind") not in ("crash", "miscompile") or \
+    if signature.get("kind") not in ("crash", "miscompile", "clean") or \
             not all(isinstance(v, (str, int, float, type(None))) for v in signature.values()):
         raise PipelineError(f"{manifest_path}: malformed 'signature'")
     arrays = _read_store(folder / ARRAYS) if (folder / ARRAYS).exists() else {}
@@ -313,3 +318,33 @@ def replay(path: str | Path | Bundle, user_passes: Mapping[str, Callable] | None
     outcome = run_bundle(bundle, user_passes=user_passes)
     return ReplayResult(matches(bundle.signature, outcome.signature), bundle.signature,
                         outcome.signature, outcome.error)
+
+
+def bundle_before(compiled: Any, pass_name: str, root: str | Path | None = None,
+                  samples: list | None = None) -> Path:
+    """A bundle on request: the latest capture of `compiled` just before its pass `pass_name`,
+    with the rest of its pipeline; the signature is what that run does under check_each (a
+    crash, a miscompile, or "clean"), so `replay` tells whether a later fxforge still does it."""
+    from fxforge.debug.check import default_samples
+    from fxforge.errors import OptionError
+    from fxforge.pipeline import DebugOptions, PassManager, pass_names
+
+    entry = getattr(compiled, "_latest", None)
+    if entry is None:
+        raise OptionError("the model has not been compiled yet: call it once first")
+    manager = compiled._manager
+    names = list(pass_names(manager.names))
+    if pass_name not in names:
+        raise OptionError(f"no pass {pass_name!r} in the pipeline [{', '.join(names)}]")
+    index = names.index(pass_name)
+    quiet = DebugOptions(repro_dir="off")
+    graph, _ = PassManager(manager.names[:index], quiet, manager.options).run(
+        entry.captured.graph)
+    options = {k: v for k, v in manager.options.items() if k in names[index:]}
+    bundle = Bundle(graph, names[index:], options,
+                    [list(s) for s in samples] if samples else default_samples(graph),
+                    {"kind": "clean", "pass": pass_name}, check_each=True)
+    outcome = run_bundle(bundle, pipeline=manager.names[index:])
+    if outcome.signature is not None:
+        bundle.signature = outcome.signature
+    return write_bundle(bundle, root)
