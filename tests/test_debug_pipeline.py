@@ -284,3 +284,41 @@ def test_a_bundle_on_request_replays_clean(tmp_path):
     assert bundles.replay(path).reproduced
     with pytest.raises(OptionError, match="no pass 'nope'"):
         fxforge.debug.bundle_before(compiled, "nope", tmp_path)
+
+
+# --- reduce ---
+
+
+@pytest.mark.parametrize("bug", [broken.crash_on_layer_norm, broken.drop_channel])
+def test_reduce_a_zoo_model_bundle_to_a_few_nodes_that_replay(bug, tmp_path):
+    """The bug runs first, on Swin as captured (300+ nodes); `fxforge reduce` shrinks the
+    bundle to at most 10 nodes with the same failure signature, and the reduced bundle replays
+    in a fresh process."""
+    error = _fail("swin", bug, tmp_path / "first", position=0)
+    original = bundles.load_bundle(error.bundle)
+    assert len(original.graph.nodes) >= 200
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    spec = f"user:{bug.__name__}=debug_broken_passes:{bug.__name__}"
+    done = subprocess.run([sys.executable, "-m", "fxforge", "reduce", error.bundle, "--pass",
+                           spec, "--out", str(tmp_path / "reduced")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    reduced_path = Path(done.stdout.strip().splitlines()[-1])
+    reduced = bundles.load_bundle(reduced_path)
+    compute = [n for n in reduced.graph.nodes if n.op != "const"]
+    assert 1 <= len(compute) <= 10, compute
+    assert reduced.signature == original.signature
+    assert "reduced" in done.stdout and "->" in done.stdout
+    again = subprocess.run([sys.executable, "-m", "fxforge", "replay", str(reduced_path),
+                            "--pass", spec], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert again.returncode == 0 and again.stdout.startswith("reproduced:"), again.stdout
+
+
+def test_reduce_of_a_bundle_that_does_not_fail_says_so(tmp_path):
+    error = _fail("bert", broken.drop_channel, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "fxforge", "reduce", error.bundle, "--pass",
+                           "user:drop_channel=debug_broken_passes:crash_on_layer_norm"],
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(TESTS)), timeout=300)
+    assert done.returncode == 1 and "does not happen" in done.stdout

@@ -6,7 +6,7 @@
   pipeline, input samples, versions, the failure's signature), `replay`.
 - `bisect.py`: `debug={"bisect_limit": N}` applies only the first N rewrites; `bisect` finds the
   first one that brings the failure.
-- `reduce.py`: shrinks a failing graph while the same failure holds.
+- `reducer.py` (+ `reduce_steps.py`): shrinks a failing graph while the same failure holds.
 - `html.py`: one self-contained HTML page with every stage, diffs, provenance and int8 SQNR.
 
 Submodules are imported on first use (`fxforge.debug.reduce(...)`), so that importing the
@@ -19,8 +19,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "reduce": ("fxforge.debug.reduce", "reduce"),
-    "Reduction": ("fxforge.debug.reduce", "Reduction"),
+    "reduce": ("fxforge.debug.reducer", "reduce"),
+    "Reduction": ("fxforge.debug.reducer", "Reduction"),
     "write_html": ("fxforge.debug.html", "write_html"),
     "write_bundle": ("fxforge.debug.bundle", "write_bundle"),
     "load_bundle": ("fxforge.debug.bundle", "load_bundle"),

@@ -90,7 +90,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 def cmd_reduce(args: argparse.Namespace) -> int:
     from fxforge.debug.bundle import Bundle, load_bundle, write_bundle
-    from fxforge.debug.reduce import reduce
+    from fxforge.debug.reducer import reduce
 
     bundle = load_bundle(args.bundle)
     predicate = _bundle_predicate(bundle, _user_passes(args.user_pass))
