@@ -191,20 +191,28 @@ class CompiledModel:
             return entry if entry is not None else self._capture_entry(args, kwargs, key)
 
     def _check_samples(self, captured: Captured, args: tuple, kwargs: dict) -> list | None:
-        """What `check_each` runs each stage on: these inputs, and up to two calibration samples
-        of the same shapes (None when the check is off: converting costs a copy)."""
-        if not self._manager.debug.check_each:
+        """What `check_each` runs each stage on and a failure's reproducer holds: these inputs,
+        and up to two calibration samples of the same shapes (None when neither is wanted:
+        converting costs a copy of the inputs, once per capture)."""
+        debug = self._manager.debug
+        if not debug.check_each and debug.repro_dir == "off":
             return None
 
         def arrays(a: tuple, k: dict) -> list[np.ndarray]:
             leaves = pytree.tree_flatten((a, k))[0]
             return [leaves[i].detach().cpu().numpy() for i in captured.input_leaves]
 
-        samples = [arrays(args, kwargs)]
+        try:
+            samples = [arrays(args, kwargs)]
+        except (TypeError, RuntimeError, AttributeError):  # bf16, fakes, ...: seeded ones then
+            return None
         if self._quant is not None and not kwargs:
             shapes = [x.shape for x in samples[0]]
             for extra in self._quant._eval[:2]:
-                candidate = arrays(extra, {})
+                try:
+                    candidate = arrays(extra, {})
+                except (TypeError, RuntimeError, AttributeError):
+                    continue
                 if [x.shape for x in candidate] == shapes:
                     samples.append(candidate)
         return samples

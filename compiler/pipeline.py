@@ -318,6 +318,8 @@ class PassManager:
                             [list(s) for s in samples] if samples else default_samples(graph),
                             signature_of(cause, name), self.debug.check_each,
                             self.debug.check_rtol, self.debug.check_atol)
+            if samples:
+                bundle.samples_from = "the inputs the model was called with (and calibration)"
             path = write_bundle(bundle, self.debug.repro_dir)
         except Exception as e:  # a full disk must not replace the pass's own error
             error.args = (f"{error.args[0]} (no reproducer: {type(e).__name__}: {e})",)

@@ -127,6 +127,8 @@ def test_a_crash_names_the_pass_and_writes_a_bundle(tmp_path):
     assert manifest["pipeline"][0] == "user:crash_on_layer_norm"
     assert manifest["pipeline"][1:] == CPU[1:]
     assert set(manifest["versions"]) >= {"fxforge", "torch", "numpy", "triton", "onnx"}
+    assert manifest["samples_from"].startswith("the inputs the model was called with")
+    assert len(manifest["samples"]) == 1  # swin's one call
 
 
 def test_repro_dir_off_writes_nothing(tmp_path, monkeypatch):

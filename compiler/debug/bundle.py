@@ -7,8 +7,9 @@ dir; `"off"` writes none), or by `write_bundle` on request. A bundle holds:
 - `00-before.ir` + `constants.npz`: the IR just before the failing pass (the dump format);
 - `arrays.npz`: the input samples and array-valued pass options, keyed by content digest;
 - `manifest.json`: the remaining pipeline (the failing pass first) with its options, the samples'
-  digests, the check's tolerance, versions (fxforge, torch, numpy, triton, onnx, python) and the
-  failure's signature.
+  digests and where they came from (the call's inputs, or seeded random ones and the seed), the
+  check's tolerance, versions (fxforge, torch, numpy, triton, onnx, python) and the failure's
+  signature.
 
 Signatures say which failure, not merely that something fails (reductions that drift into
 another bug are what make reducers useless): a crash is (pass, exception type, message with its
@@ -156,6 +157,7 @@ class Bundle:
     rtol: float = RTOL
     atol: float = ATOL
     versions: dict[str, str] = field(default_factory=dict)
+    samples_from: str = "seeded random inputs (fxforge.debug.check.default_samples, seed 0)"
     path: Path | None = None
 
 
@@ -176,6 +178,7 @@ def write_bundle(bundle: Bundle, root: str | Path | None = None) -> Path:
     manifest = {"format": FORMAT, "version": VERSION,
                 "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "pipeline": list(bundle.pipeline), "options": options, "samples": sample_keys,
+                "samples_from": bundle.samples_from,
                 "check_each": bool(bundle.check_each), "rtol": bundle.rtol, "atol": bundle.atol,
                 "signature": dict(bundle.signature), "versions": bundle.versions or versions()}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -235,7 +238,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise PipelineError(f"{manifest_path}: a sample does not have one array per graph input")
     return Bundle(graph, list(pipeline), options, samples, signature,
                   bool(manifest.get("check_each")), float(manifest.get("rtol", RTOL)),
-                  float(manifest.get("atol", ATOL)), dict(manifest.get("versions") or {}), folder)
+                  float(manifest.get("atol", ATOL)), dict(manifest.get("versions") or {}),
+                  str(manifest.get("samples_from", "")), folder)
 
 
 # --- running -------------------------------------------------------------------------------------
