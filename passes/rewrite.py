@@ -73,7 +73,8 @@ class Rewriter:
         return out
 
 
-def _substitute(node: Node, subst: dict[str, Value]) -> Node:
+def substitute(node: Node, subst: dict[str, Value]) -> Node:
+    """`node` reading `subst[name]` wherever it read the value `name` (itself if none)."""
     if not any(v.name in subst for v in node.inputs):
         return node
     inputs = tuple(subst.get(v.name, v) for v in node.inputs)
@@ -93,7 +94,7 @@ def rewrite(graph: Graph, rules: Sequence[Rule], max_rounds: int = 50) -> tuple[
         subst: dict[str, Value] = {}
         changed = False
         for original in graph.nodes:
-            node = _substitute(original, subst)
+            node = substitute(original, subst)
             for rule in rules:
                 replacement = rule.apply(node, rw)
                 if replacement is None:

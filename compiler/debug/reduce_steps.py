@@ -12,6 +12,7 @@ from fxforge import ops
 from fxforge.execute import run_reference
 from fxforge.ir import Attrs, ConstData, Graph, Node, Provenance, TensorType, Value
 from fxforge.passes.dce import dce
+from fxforge.passes.rewrite import substitute
 
 if TYPE_CHECKING:
     from fxforge.debug.reducer import _Reducer
@@ -49,13 +50,6 @@ def _record(graph: Graph, sample: list[np.ndarray]) -> dict[str, np.ndarray]:
 # Graph surgery shared by the strategies
 
 
-def _substitute(node: Node, subst: dict[str, Value]) -> Node:
-    if not any(v.name in subst for v in node.inputs):
-        return node
-    inputs = tuple(subst.get(v.name, v) for v in node.inputs)
-    return Node(node.op, inputs, node.outputs, node.attrs, node.provenance)
-
-
 def _rebuild(graph: Graph, subst: dict[str, Value], *, drop: Iterable[str] = (),
              inputs: Sequence[Value] | None = None, first: Sequence[Node] = (),
              outputs: Sequence[Value] | None = None) -> Graph:
@@ -63,7 +57,7 @@ def _rebuild(graph: Graph, subst: dict[str, Value], *, drop: Iterable[str] = (),
     (constants) put first, and its dead code removed."""
     dropped = set(drop)
     nodes = list(first)
-    nodes += [_substitute(node, subst) for node in graph.nodes
+    nodes += [substitute(node, subst) for node in graph.nodes
               if not any(v.name in dropped for v in node.outputs)]
     outs = graph.outputs if outputs is None else outputs
     outs = tuple(subst.get(v.name, v) for v in outs)
