@@ -17,7 +17,7 @@ import inspect
 import numbers
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,17 @@ def _leaf_key(leaf: Any) -> tuple:
     if isinstance(leaf, torch.Tensor):
         return ("tensor", tuple(leaf.shape), str(leaf.dtype), leaf.device.type)
     return ("const", type(leaf).__name__, repr(leaf))
+
+
+def _fast_key(args: tuple) -> tuple | None:
+    """The key of a call made of plain tensors only (None otherwise): its pytree is the
+    positional tuple, so shapes, dtypes and devices are all that decide its compiled entry."""
+    key = []
+    for a in args:
+        if type(a) is not torch.Tensor:
+            return None
+        key.append((a.shape, a.dtype, a.device))
+    return tuple(key)
 
 
 def _describe_leaf(key: tuple) -> str:
@@ -109,6 +120,7 @@ class CompiledModel:
         self._entries: dict[tuple, _Entry] = {}
         self._lock = threading.RLock()  # one capture at a time; see the module docstring
         self._latest: _Entry | None = None
+        self._fast_calls: dict[tuple, Callable[[tuple], Any]] = {}  # see _remember_fast
         self._fixed = False  # True when compiled for example_inputs only
         try:
             self._signature: inspect.Signature | None = inspect.signature(model.forward)
@@ -284,8 +296,39 @@ class CompiledModel:
         return pytree.tree_unflatten(leaves, entry.captured.out_spec)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs:
+            fast = self._fast_calls.get(_fast_key(args))
+            if fast is not None:
+                return fast(args)
         entry, leaves = self._prepare(args, kwargs)
-        return self._restore(entry, self._execute(entry, self._graph_inputs(entry, leaves)))
+        result = self._restore(entry, self._execute(entry, self._graph_inputs(entry, leaves)))
+        if not kwargs and self._target.backend == "torch" and self._device is None:
+            self._remember_fast(args, entry)
+        return result
+
+    def _remember_fast(self, args: tuple, entry: _Entry) -> None:
+        """After a call of plain tensors only, the next such call with the same shapes, dtypes
+        and devices skips binding, flattening and the signature key (see `_fast_key`): those
+        decide nothing more for such a call. The torch program and the output structure are
+        bound once here."""
+        key = _fast_key(args)
+        if key is None or key in self._fast_calls:
+            return
+        program = entry.programs.get(str(args[0].device if args else torch.device("cpu")))
+        if program is None:
+            return
+        picks = tuple(entry.captured.input_leaves)
+        single = (len(entry.captured.output_leaves) == 1
+                  and entry.captured.output_leaves[0] == ("value", 0)
+                  and entry.captured.out_spec.is_leaf())
+
+        def run(call_args: tuple) -> Any:
+            self._latest = entry
+            with torch.no_grad():
+                outs = program([call_args[i] for i in picks])
+            return outs[0] if single else self._restore(entry, outs)
+
+        self._fast_calls[key] = run
 
     def check(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Run this target and the numpy reference on the same IR and inputs; return the

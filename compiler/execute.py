@@ -106,12 +106,14 @@ class TorchProgram:
     """A graph prepared for repeated torch execution on one device (constants moved once)."""
 
     backend_name = "torch backend"
+    straight_line = True  # generate straight-line code after the first call (see __call__)
 
     def __init__(self, graph: Graph, device: torch.device):
         self.graph = graph
         self.device = device
         self.constants: dict[str, torch.Tensor] = {}
         self.steps: list[tuple[Node, Any, dict, list[str], torch.dtype | tuple]] = []
+        self._fast: Callable[..., list[torch.Tensor]] | None = None  # see __call__
         for node, expired in zip(graph.nodes, _last_uses(graph)):
             if node.op == "const":
                 array = node.attrs["value"].array
@@ -139,7 +141,30 @@ class TorchProgram:
     def __call__(self, inputs: Sequence[torch.Tensor],
                  observe: Callable[[str, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         """Run the graph. `observe(name, tensor)`, given, sees every input and node result as it
-        is made (calibration collects activation statistics this way)."""
+        is made (calibration collects activation statistics this way).
+
+        Without `observe`, the second call on runs generated straight-line code
+        (`fxforge.straightline`); should it raise, the node-by-node loop runs the same inputs
+        again and its error names the node."""
+        if observe is None and self._fast is not None:
+            try:
+                return self._fast(*inputs)
+            except Exception:  # noqa: BLE001 - the loop below says where, or succeeds
+                pass
+        casts: set[tuple[int, int]] | None = set() if observe is None and self._fast is None \
+            else None
+        outs = self._interpret(inputs, observe, casts)
+        if casts is not None and self.straight_line:
+            from fxforge.straightline import generate
+
+            self._fast = generate(self.graph, self.constants, self.steps, casts)
+        return outs
+
+    def _interpret(self, inputs: Sequence[torch.Tensor],
+                   observe: Callable[[str, torch.Tensor], None] | None,
+                   casts: set[tuple[int, int]] | None) -> list[torch.Tensor]:
+        """The node-by-node loop; `casts`, given, collects the (step, output) pairs whose torch
+        result had another dtype than the declared one."""
         graph = self.graph
         _check_inputs(graph, inputs)
         env: dict[str, torch.Tensor] = dict(self.constants)
@@ -147,15 +172,19 @@ class TorchProgram:
             env[v.name] = x
             if observe is not None:
                 observe(v.name, x)
-        for node, fn, attrs, expired, out_dtypes in self.steps:
+        for index, (node, fn, attrs, expired, out_dtypes) in enumerate(self.steps):
             try:
                 out = fn(*[env[v.name] for v in node.inputs], **attrs)
             except Exception as e:
                 raise ExecutionError(f"{self.backend_name} failed at {node.describe()}: "
                                      f"{type(e).__name__}: {e}") from e
             results = _results(node, out)
-            for v, o, dtype in zip(node.outputs, results, out_dtypes):
-                env[v.name] = o if o.dtype == dtype else o.to(dtype)
+            for j, (v, o, dtype) in enumerate(zip(node.outputs, results, out_dtypes)):
+                if o.dtype != dtype:
+                    o = o.to(dtype)
+                    if casts is not None:
+                        casts.add((index, j))
+                env[v.name] = o
                 if observe is not None:
                     observe(v.name, env[v.name])
             for name in expired:
