@@ -140,8 +140,15 @@ def _spec(name: str, description: str, source: str, build: Callable, batches: tu
                       calibration=calibration, **kw)
 
 
+def _overhead(batch: int) -> tuple[nn.Module, tuple]:
+    """An almost empty model: its time per call is each system's per-call overhead."""
+    return nn.Sequential(nn.ReLU()).eval(), (torch.randn(batch, 8),)
+
+
 def full_models() -> dict[str, BenchModel]:
     specs = [
+        _spec("overhead", "one ReLU on a [1, 8] tensor: the time is per-call overhead",
+              "bench.models", _overhead, (1,), (1,), reference_ok=True),
         _spec("mlp", "3-layer MLP, 64 -> 128 -> 128 -> 10", "fxforge.zoo mlp", _zoo("mlp"),
               (1, 64), (1, 256), reference_ok=True),
         _spec("digits", "small CNN trained on sklearn load_digits (8x8): BN, depthwise residual, "
@@ -186,7 +193,8 @@ def quick_models() -> dict[str, BenchModel]:
     return {s.name: s for s in specs}
 
 
-DEFAULT_MODELS = ("mlp", "digits", "resnet18", "resnet50", "mobilenetv2", "vit", "bert-base")
+DEFAULT_MODELS = ("overhead", "mlp", "digits", "resnet18", "resnet50", "mobilenetv2", "vit",
+                  "bert-base")
 QUICK_MODELS = ("mlp", "digits")
 
 
