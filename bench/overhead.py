@@ -3,9 +3,10 @@
 Cases: an almost empty model (one ReLU on a [1, 8] tensor: the time is overhead), the zoo's
 3-layer MLP at batch 1 and the digits CNN at batch 1 (where overhead decides the ratio). Systems,
 timed interleaved in one process, each sample the mean of a block of back-to-back calls, medians
-over rounds: eager PyTorch; fxforge `cpu` and `cpu-int8`; and fxforge `cpu` with the lean path
-switched off (the node-by-node loop and the full signature match of every call: what a call
-cost before it existed). At 1 and 2 intra-op threads.
+over rounds: eager PyTorch; fxforge `cpu`, `cpu-int8` and `cpu-int8` with
+`int8_layers="measured"` (int8 only for layers where it is faster here); and fxforge `cpu` with
+the lean path switched off (the node-by-node loop and the full signature match of every call:
+what a call cost before it existed). At 1 and 2 intra-op threads.
 
 Prints a table and writes bench/results/overhead-cpu-<date>.json and .md.
 
@@ -54,6 +55,8 @@ def measure(rounds: int, block: int) -> list[dict]:
         for name, model, x in _cases():
             systems = {"eager": model, "fxforge cpu": compile(model, "cpu"),
                        "fxforge cpu-int8": compile(model, "cpu-int8"),
+                       "fxforge cpu-int8 measured": compile(model, "cpu-int8",
+                                                            int8_layers="measured"),
                        "fxforge cpu, no lean path": _loop_only(model, x)}
             for fn in systems.values():
                 fn(x)
@@ -83,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     assert TorchProgram.straight_line  # the lean path is what is measured against the loop
     rows = measure(args.rounds, args.block)
     info = machine()
-    head = ("| case | threads | eager | fxforge cpu | fxforge cpu-int8 | fxforge cpu, no lean "
-            "path |\n|---|---:|---:|---:|---:|---:|")
+    head = ("| case | threads | eager | fxforge cpu | fxforge cpu-int8 | fxforge cpu-int8, "
+            "int8_layers='measured' | fxforge cpu, no lean path |\n|---|---:|---:|---:|---:|---:|"
+            "---:|")
     table = head + "\n" + "\n".join(_line(r) for r in rows)
     text = (f"# Per-call overhead on the CPU\n\n{info['date']}, {info['cpu']}, torch "
             f"{info['torch']}, commit {info['commit']}. Median time per call (each sample the "

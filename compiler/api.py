@@ -231,7 +231,8 @@ class CompiledModel:
 
     def _capture_entry(self, args: tuple, kwargs: dict, key: tuple) -> _Entry:
         if self._quant is not None:
-            self._quant.prepare(n_inputs=len(args))
+            self._quant.prepare(n_inputs=len(args), args=args if not kwargs else None)
+            self.report.int8_choices = [c.describe() for c in self._quant.choices]
             self._manager.options.update(self._quant.pass_options())
         captured = None
         if self._quant is not None and not kwargs:
@@ -389,6 +390,16 @@ def _weight_bits(target: Target, asked: int | None) -> int:
     return int(asked)
 
 
+def _int8_layers(value: Any, target: Target) -> str:
+    from fxforge.int8_choice import check_layers
+
+    layers = check_layers(value)
+    if layers == "measured" and target.backend != "torch":
+        raise OptionError(f"int8_layers='measured' times layers on the torch backend; target "
+                          f"{target.name!r} runs on {target.backend}")
+    return layers
+
+
 def _smooth_alpha(smooth: Any, calibration: Any, pipeline: Sequence[str]) -> float | None:
     alpha = check_alpha(smooth)
     if alpha is not None and calibration is None:
@@ -404,7 +415,7 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
             calibration: Any = None, calibration_method: str = "minmax",
             percentile: float = 99.99, min_sqnr: float | None = None,
             keep_float: Sequence[str] = (), weight_bits: int | None = None,
-            smooth: float | bool | None = None,
+            smooth: float | bool | None = None, int8_layers: str = "all",
             passes: str | list[str] | None = None, debug: Any = None,
             **options: Any) -> CompiledModel:
     """Compile `model` for `target` (see `fxforge.TARGETS`).
@@ -459,7 +470,8 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         quant = QuantOptions(calibration, calibration_method, percentile,
                              check_min_sqnr(min_sqnr), check_keep_float(keep_float),
                              weight_bits=_weight_bits(info, weight_bits),
-                             smooth=_smooth_alpha(smooth, calibration, pipeline))
+                             smooth=_smooth_alpha(smooth, calibration, pipeline),
+                             int8_layers=_int8_layers(int8_layers, info))
     compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
     if example_inputs is not None:
         args, kwargs = _normalize_example(example_inputs)

@@ -49,6 +49,7 @@ class QuantOptions:
     eval_samples: int = 8
     weight_bits: int = 8  # 7 where the CPU's int8 kernels need it (kernels/int8_scheme.py)
     smooth: float | str | None = None  # SmoothQuant's alpha or "auto" (passes/smooth.py)
+    int8_layers: str = "all"  # "measured": int8 only where it pays here (fxforge.int8_choice)
 
 
 @dataclass
@@ -145,6 +146,7 @@ class Quantization:
         self._graphs: dict[tuple, tuple[Captured, Graph]] = {}
         self.smooth_scales: dict[str, Any] = {}  # value name -> SmoothQuant's s (passes/smooth.py)
         self.smooth_notes: list[str] = []  # the alpha each smoothed value got, for the report
+        self.choices: list[Any] = []  # int8_layers="measured": fxforge.int8_choice.LayerChoice
         self._smoothed: dict[tuple, Graph] = {}
         self._eval: list[tuple] = []
         self._prepared = False
@@ -190,7 +192,7 @@ class Quantization:
         leaves = pytree.tree_flatten((args, {}))[0]
         return [leaves[i] for i in captured.input_leaves]
 
-    def prepare(self, n_inputs: int | None) -> None:
+    def prepare(self, n_inputs: int | None, args: tuple | None = None) -> None:
         """Calibrate (once) and decide what stays float; then `pass_options` is ready.
 
         A calibration that failed stays failed: every later call raises the same error rather
@@ -205,6 +207,8 @@ class Quantization:
             return
         try:
             self._calibrate(n_inputs)
+            if self.options.int8_layers == "measured" and args is not None:
+                self._measure_layers(args)
         except Exception as e:
             self.ranges, self.analysis, self._eval = None, None, []
             self.smooth_scales, self._smoothed, self.smooth_notes = {}, {}, []
@@ -286,6 +290,23 @@ class Quantization:
         self.smooth_notes = [f"smoothing %{name}: " + ("left alone" if a is None else
                                                         f"alpha {a:g}")
                              for name, a in chosen.items()]
+
+    def _measure_layers(self, args: tuple) -> None:
+        """Keep float the layers whose int8 version is slower on this machine (timed on the
+        first calibration sample's shapes, or on these call's shapes without calibration)."""
+        from fxforge.int8_choice import choose
+
+        sample = self._eval[0] if self._eval else args
+        _, graph = self._float_graph(sample, 0)
+        self.choices = choose(graph, self.ranges, self.keep_float, self.options.weight_bits)
+        slower = tuple(c.value for c in self.choices if not c.int8)
+        if slower:
+            self.keep_float += slower
+            if self.analysis is not None:
+                kept = self.analysis.kept_by_min_sqnr
+                self.analysis = self.analyze(self.keep_float)
+                self.analysis.kept_by_min_sqnr = kept
+                self.analysis.min_sqnr = self.options.min_sqnr
 
     def pass_options(self) -> dict[str, dict[str, Any]]:
         """Options of the passes after calibration, by pass name."""

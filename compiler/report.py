@@ -68,6 +68,7 @@ class Report:
     pipeline: tuple[str, ...]
     records: list[CompileRecord] = field(default_factory=list)
     int8: str | None = None  # int8 targets: weight bits and (cpu-int8) the CPU's int8 scheme
+    int8_choices: list[str] = field(default_factory=list)  # int8_layers="measured", per layer
 
     @property
     def captures(self) -> int:
@@ -84,13 +85,17 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "pipeline": list(self.pipeline), "int8": self.int8,
-                "captures": self.captures, "records": [asdict(r) for r in self.records]}
+                "int8_choices": list(self.int8_choices), "captures": self.captures,
+                "records": [asdict(r) for r in self.records]}
 
     def __str__(self) -> str:
         lines = [f"fxforge report: target {self.target}, pipeline "
                  f"[{', '.join(self.pipeline) or 'none'}]"]
         if self.int8:
             lines.append(f"int8: {self.int8}")
+        if self.int8_choices:
+            lines.append("int8 only where it pays (each layer timed alone on this machine):")
+            lines += [f"  {c}" for c in self.int8_choices]
         if not self.records:
             return "\n".join(lines) + "\n(not captured yet: call the model or pass example_inputs)"
         lines.append(f"captures: {self.captures}")
