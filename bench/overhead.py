@@ -70,6 +70,32 @@ def measure(rounds: int, block: int) -> list[dict]:
     return rows
 
 
+def resnet18_int8(rounds: int) -> dict:
+    """Where int8 does pay: the bench's ResNet-18 (112 px) at batch 8, calibrated, one thread,
+    to check that `int8_layers="measured"` keeps int8 where it wins (one call per sample)."""
+    from fxforge.bench.models import full_models
+
+    torch.set_num_threads(1)
+    spec = full_models()["resnet18"]
+    model, (x,) = spec.build(8)
+    calibration = spec.calibration((x,))
+    systems = {"eager": model, "fxforge cpu": compile(model, "cpu"),
+               "fxforge cpu-int8": compile(model, "cpu-int8", calibration=calibration),
+               "fxforge cpu-int8 measured": compile(model, "cpu-int8", calibration=calibration,
+                                                    int8_layers="measured")}
+    for fn in systems.values():
+        fn(x)
+    samples = interleaved_blocks({k: (lambda f=f: f(x)) for k, f in systems.items()},
+                                 {k: 1 for k in systems}, repeats=rounds, warmup=1)
+    ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    kept = sum(line.split(": ")[1].startswith("float")
+               for line in systems["fxforge cpu-int8 measured"].report.int8_choices)
+    return {"case": "resnet18 112px batch 8, 1 thread", "ms_per_call": ms,
+            "vs_eager": {k: ms["eager"] / v for k, v in ms.items()},
+            "measured_kept_float": kept,
+            "measured_layers": len(systems["fxforge cpu-int8 measured"].report.int8_choices)}
+
+
 def _line(row: dict) -> str:
     m, r = row["us_per_call"], row["vs_eager"]
     cells = " | ".join(f"{m[k]:.1f} us ({r[k]:.2f}x)" for k in m)
@@ -80,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--block", type=int, default=400, help="calls per timed sample")
+    parser.add_argument("--resnet18", action="store_true",
+                        help="also time the bench's ResNet-18 at batch 8, where int8 pays")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -94,12 +122,20 @@ def main(argv: list[str] | None = None) -> None:
             f"{info['torch']}, commit {info['commit']}. Median time per call (each sample the "
             f"mean of {args.block} back-to-back calls, {args.rounds} interleaved rounds) and, in "
             f"brackets, eager's time over it (above 1: faster than eager).\n\n{table}\n")
+    extra = resnet18_int8(8) if args.resnet18 else None
+    if extra is not None:
+        cells = ", ".join(f"{k} {v:.1f} ms ({extra['vs_eager'][k]:.2f}x)"
+                          for k, v in extra["ms_per_call"].items())
+        text += (f"\n{extra['case']}, median of 8 interleaved rounds: {cells}; "
+                 f"`int8_layers='measured'` kept {extra['measured_kept_float']} of "
+                 f"{extra['measured_layers']} layers float.\n")
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"overhead-cpu-{info['date'][:10]}"
     stem.with_suffix(".json").write_text(json.dumps({"benchmark": "overhead", "machine": info,
-                                                     "options": vars(args), "rows": rows},
+                                                     "options": vars(args), "rows": rows,
+                                                     "resnet18": extra},
                                                     indent=1) + "\n")
     stem.with_suffix(".md").write_text(text)
 
