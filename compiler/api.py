@@ -233,6 +233,11 @@ class CompiledModel:
         if self._quant is not None:
             self._quant.prepare(n_inputs=len(args), args=args if not kwargs else None)
             self.report.int8_choices = [c.describe() for c in self._quant.choices]
+            if kwargs and self._quant.options.int8_layers == "measured" \
+                    and not self._quant.choices:
+                self.report.int8_choices = ["not measured: the first call passed keyword "
+                                            "inputs, which the timing cannot replay; every "
+                                            "layer that can be is int8"]
             self._manager.options.update(self._quant.pass_options())
         captured = None
         if self._quant is not None and not kwargs:
