@@ -11,10 +11,15 @@ environment and the CLI:
 | print a diff instead   | `print_diff=True`       | `FXFORGE_PRINT_DIFF`    | `--print-diff`   |
 | dump every stage       | `dump_dir="out/"`       | `FXFORGE_DUMP_DIR`      | `--dump-dir`     |
 | verify after each pass | `verify_each=True`      | `FXFORGE_VERIFY`        | `--verify`       |
+| check each on reference| `check_each=True`       | `FXFORGE_CHECK_EACH`    | `--check-each`   |
+| first N rewrites only  | `bisect_limit=N`        | `FXFORGE_BISECT_LIMIT`  | `--bisect-limit` |
+| reproducers go here    | `repro_dir="d"`/"off"   | `FXFORGE_REPRO_DIR`     | `--repro-dir`    |
 
 Dumps are `00-input.ir`, `01-<pass>.ir`, ... with constants elided to digests, plus
 `constants.npz` (keyed by digest, loadable without pickle) so `load_dump` restores runnable IR;
-`fxforge/dumps.py` says how dumps are written and read safely.
+`fxforge/dumps.py` says how dumps are written and read safely. check_each, bisect and the
+reproducer bundles a failing pass writes are `fxforge.debug`'s (docs/debugging.md); the
+environment's FXFORGE_REPRO_DIR applies to every PassManager, one built directly included.
 """
 
 from __future__ import annotations
@@ -305,7 +310,8 @@ class PassManager:
                        samples) -> None:
         """Write the failure's reproducer (unless repro_dir is "off") and name it in the
         error's message. Writing it never hides the failure: its own error becomes a note."""
-        if self.debug.repro_dir == "off":
+        where = self.debug.repro_dir or os.environ.get("FXFORGE_REPRO_DIR") or None
+        if where == "off":
             return
         from fxforge.debug.bundle import Bundle, signature_of, write_bundle
         from fxforge.debug.check import default_samples
@@ -320,7 +326,7 @@ class PassManager:
                             self.debug.check_rtol, self.debug.check_atol)
             if samples:
                 bundle.samples_from = "the inputs the model was called with (and calibration)"
-            path = write_bundle(bundle, self.debug.repro_dir)
+            path = write_bundle(bundle, where)
         except Exception as e:  # a full disk must not replace the pass's own error
             error.args = (f"{error.args[0]} (no reproducer: {type(e).__name__}: {e})",)
             return
