@@ -98,7 +98,7 @@ def seconds_per_call(program: TorchProgram, inputs: list[torch.Tensor]) -> float
 _REAL_TIMER = seconds_per_call
 
 
-def _signature(node: Node, sub: Graph, static: bool, weight_bits: int) -> tuple:
+def _signature(node: Node, static: bool, weight_bits: int) -> tuple:
     return (node.op, repr(sorted(dict(node.attrs).items())),
             tuple((tuple(v.type.shape), v.type.dtype) for v in node.inputs), static,
             weight_bits, torch.get_num_threads())
@@ -120,7 +120,7 @@ def choose(graph: Graph, ranges: Mapping[str, tuple[float, float]] | None,
         if reason_float(graph, node, keep) is not None:
             continue
         sub = _subgraph(graph, node)
-        key = _signature(node, sub, ranges is not None, weight_bits)
+        key = _signature(node, ranges is not None, weight_bits)
         if key not in cache:
             qsub, _ = quantize_graph(sub, ranges, weight_bits=weight_bits)
             inputs = _inputs(sub, ranges, rng)

@@ -13,7 +13,7 @@ from fxforge.ir import Graph, Node
 from fxforge.passes.rewrite import Rewriter, Rule, rewrite
 
 
-def _scale_by_positive_constant(node: Node, rw: Rewriter):
+def _mul_by_one(node: Node, rw: Rewriter):
     """Correct rule: mul(x, 1) -> x."""
     if node.op != "mul":
         return None
@@ -37,7 +37,7 @@ def _flip(node: Node, rw: Rewriter):
 
 
 def flip_scale(graph: Graph) -> tuple[Graph, dict]:
-    graph, stats = rewrite(graph, [Rule("mul-one", "mul by 1 is x", _scale_by_positive_constant),
+    graph, stats = rewrite(graph, [Rule("mul-one", "mul by 1 is x", _mul_by_one),
                                    Rule("flip-scale", "BUG: negates the scale", _flip)])
     return graph, dict(stats)
 

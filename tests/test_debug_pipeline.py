@@ -267,7 +267,6 @@ def test_default_samples_are_valid_inputs():
     model, inputs = zoo_hf.build("bert", 2)
     compiled = fxforge.compile(model, "cpu")
     zoo_hf.call(compiled, inputs)
-    graph = compiled.report.latest  # noqa: F841 - compiled.graph below is what runs
     samples = default_samples(compiled.graph, seed=3, count=2)
     assert len(samples) == 2
     for v, a in zip(compiled.graph.inputs, samples[0]):

@@ -191,7 +191,7 @@ def write_bundle(bundle: Bundle, root: str | Path | None = None) -> Path:
 
 def _field(manifest: Mapping, key: str, kind: type | tuple, where: Path) -> Any:
     value = manifest.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+    if not isinstance(value, kind):
         raise PipelineError(f"{where}: field {key!r} is missing or not a {kind}")
     return value
 

@@ -18,7 +18,6 @@ to-fp16 rtol 1e-2; such a pass is still caught when it flips a sign or drops a c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,7 +164,3 @@ def describe(pass_name: str, d: Divergence) -> str:
     return (f"pass {pass_name!r} miscompiled the graph: {what} differs from the pass's input "
             f"by {d.error:.3g} (max|want| {d.scale:.3g}) on sample {d.sample}; tolerance "
             f"{d.tolerance.describe()}")
-
-
-def samples_of(values: Sequence[Sequence[np.ndarray]]) -> Samples:
-    return [[np.asarray(a) for a in s] for s in values]

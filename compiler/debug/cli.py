@@ -50,7 +50,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if result.reproduced else 1
 
 
-def _bundle_predicate(bundle, user_passes, strict: bool = True):
+def _bundle_predicate(bundle, user_passes):
     """Does the bundle's failing pass (alone) still fail the same way on a candidate?"""
     from fxforge.debug.bundle import matches, resolve_pipeline, run_bundle
 
@@ -58,7 +58,7 @@ def _bundle_predicate(bundle, user_passes, strict: bool = True):
 
     def predicate(graph, samples) -> bool:
         outcome = run_bundle(bundle, graph, samples, pipeline=first)
-        return matches(bundle.signature, outcome.signature, strict)
+        return matches(bundle.signature, outcome.signature)
 
     return predicate
 
