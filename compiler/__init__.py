@@ -47,6 +47,7 @@ _mount_source_subpackages()
 
 from fxforge import zoo
 from fxforge.api import CompiledModel, compile
+from fxforge.archive import ArchiveError, load
 from fxforge.errors import (
     CalibrationError,
     CaptureError,
@@ -68,6 +69,7 @@ from fxforge.verify import IRVerificationError, verify
 
 __all__ = [
     "TARGETS",
+    "ArchiveError",
     "CalibrationError",
     "CaptureError",
     "CompiledModel",
@@ -88,6 +90,7 @@ __all__ = [
     "UnsupportedModelError",
     "Value",
     "compile",
+    "load",
     "parse_ir",
     "prune_channels",
     "verify",

@@ -6,6 +6,7 @@
     fxforge targets | fxforge ops                                  # what exists
     fxforge bench [--quick] [--models m,..] [--systems s,..]       # side-by-side benchmark
     fxforge replay|bisect|reduce BUNDLE, fxforge view DUMP_DIR     # debugging a pass
+    fxforge compile zoo:digits --save d.fxf; fxforge inspect d.fxf # saved models
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = fx_compile(model, args.target, example_inputs=inputs, passes=args.passes,
                           debug=_debug(args), **_quant_options(args, zoo_name, inputs))
     _summarize(compiled, model, inputs, args.repeats)
+    if args.save:
+        print(f"\nsaved to {compiled.save(args.save)} (fxforge inspect / fxforge.load)")
     return 0
 
 
@@ -330,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "match against eager")
     _add_model_args(p)
     p.add_argument("--repeats", type=int, default=20, help="timed runs (0: no timing)")
+    p.add_argument("--save", metavar="PATH", help="save the compiled model to this archive")
     _add_quant_args(p)
     p.set_defaults(fn=cmd_compile)
     p = sub.add_parser("demo", help="compile a bundled zoo model and show what happened")
@@ -343,9 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "torch.compile and ONNX Runtime: JSON, markdown, plots")
     _add_bench_args(p)
     p.set_defaults(fn=cmd_bench)
+    from fxforge.archive_cli import add_commands as add_archive_commands
     from fxforge.debug.cli import add_commands
 
     add_commands(sub)
+    add_archive_commands(sub)
     sub.add_parser("targets", help="list compile targets").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list the IR's ops").set_defaults(fn=cmd_ops)
     return parser

@@ -51,6 +51,7 @@ class _Entry:
     captured: Captured
     graph: Graph
     leaf_types: tuple[Any, ...]
+    in_spec: Any = None  # the pytree spec of the call's (args, kwargs), for saving
     programs: dict[str, TorchProgram] = field(default_factory=dict)
 
 
@@ -117,16 +118,23 @@ class CompiledModel:
             self.report.int8 = f"{quant.weight_bits}-bit weights"
             if target.backend == "torch":
                 self.report.int8 += f"; this CPU's scheme: {int8_scheme.detect().describe()}"
+        try:
+            signature: inspect.Signature | None = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            signature = None
+        self._init_calls(signature, type(model).__name__)
+
+    def _init_calls(self, signature: inspect.Signature | None, name: str) -> None:
+        """The state calls use, shared with models loaded from an archive (fxforge.archive)."""
         self._entries: dict[tuple, _Entry] = {}
         self._lock = threading.RLock()  # one capture at a time; see the module docstring
         self._latest: _Entry | None = None
         self._fast_calls: dict[tuple, Callable[[tuple], Any]] = {}  # see _remember_fast
         self._fixed = False  # True when compiled for example_inputs only
-        try:
-            self._signature: inspect.Signature | None = inspect.signature(model.forward)
-        except (TypeError, ValueError):
-            self._signature = None
-        self._name = type(model).__name__
+        self._loaded_from: str | None = None  # the archive's path, for a loaded model
+        self._saved_options: dict[str, Any] = {}  # a loaded model's compile options
+        self._signature = signature
+        self._name = name
 
     # --- inputs ---
 
@@ -161,6 +169,12 @@ class CompiledModel:
         return (repr(spec), tuple(_leaf_key(x) for x in leaves)), leaves
 
     def _mismatch(self, args: tuple, kwargs: dict, key: tuple) -> InputError:
+        if self._loaded_from is not None:
+            saved = "; ".join(self._describe(leaves) for _, leaves in self._entries)
+            return InputError(f"{self._name} loaded from {self._loaded_from} runs the input "
+                              f"signature(s) it was saved with ({saved}); got "
+                              f"{self._describe(key[1])}. Save it after calling it with every "
+                              "signature it must serve")
         expected_spec, expected = next(iter(self._entries))
         names = self._leaf_names(args, kwargs)
         if key[0] != expected_spec or len(key[1]) != len(expected):
@@ -255,7 +269,7 @@ class CompiledModel:
             count_flops(before), count_flops(graph), list(captured.fallbacks),
             list(captured.warnings),
             self._quant.analysis if self._quant is not None else None))
-        entry = _Entry(captured, graph, key[1])
+        entry = _Entry(captured, graph, key[1], pytree.tree_flatten((args, kwargs))[1])
         if self._device is not None:  # kernels are generated now, and listed in the report
             program = self._triton_program(graph)
             entry.programs[str(self._device)] = program
@@ -360,10 +374,21 @@ class CompiledModel:
                                "example_inputs=...")
         return self._latest.graph
 
+    def save(self, path: Any) -> Any:
+        """Write every input signature compiled so far to one archive (IR text, `.npz`
+        constants, options, report, manifest with versions and sha256s; no pickle) that
+        `fxforge.load(path)` runs without the original model. Returns the path."""
+        from fxforge.archive import save
+
+        return save(self, path)
+
     @property
     def captured_graph(self) -> Graph:
         """The IR as captured, before any pass."""
         self.graph  # noqa: B018 - raises the same helpful error when nothing is captured
+        if self._loaded_from is not None:
+            raise RuntimeError(f"{self._name} was loaded from {self._loaded_from}, which holds "
+                               "the optimized graph only")
         return self._latest.captured.graph
 
     @property

@@ -146,7 +146,7 @@ def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None
 # What zipfile and numpy raise on malformed bytes: BadZipFile, EOFError, zlib/lzma errors and
 # OSError (bz2) from a damaged member, NotImplementedError (an unknown compression method) and
 # RuntimeError (an encrypted member), ValueError from a bad .npy header, struct.error, ...
-_UNREADABLE = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, RuntimeError,
+UNREADABLE = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, RuntimeError,
                OverflowError, MemoryError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
                struct.error)
 _NPY_MAGIC = b"\x93NUMPY"
@@ -162,16 +162,25 @@ def _read_store(store: Path, follow_symlinks: bool = True) -> dict[str, np.ndarr
             kind = "a symlink" if os.path.islink(store) else "not a regular file"
             raise ValueError(f"it is {kind}")
         with open(store, "rb") as f:
-            if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
-                raise ValueError("it is a single .npy array, not an .npz archive")
-            f.seek(0)
-            with zipfile.ZipFile(f) as archive:
-                return dict(_read_member(archive, info) for info in archive.infolist())
-    except _UNREADABLE as e:
+            return read_constants(f)
+    except UNREADABLE as e:
         detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         if not isinstance(e, ValueError) or isinstance(e, UnicodeError):
             detail = f"{type(e).__name__}: {detail}"
         raise PipelineError(f"cannot read the constants store {store}: {detail}") from e
+
+
+def read_constants(f: BinaryIO) -> dict[str, np.ndarray]:
+    """digest -> array of an .npz store read from the seekable file `f`, each member checked by
+    `_read_member`; raises one of `UNREADABLE` on anything malformed."""
+    if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+        raise ValueError("it is a single .npy array, not an .npz archive")
+    f.seek(0)
+    with zipfile.ZipFile(f) as archive:
+        names = [info.filename for info in archive.infolist()]
+        if len(set(names)) != len(names):
+            raise ValueError("it holds a member name twice")
+        return dict(_read_member(archive, info) for info in archive.infolist())
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, np.ndarray]:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -296,6 +296,33 @@ class Tuner:
             if path is not None:
                 self._store(path, kernel, device, triton, entries, key_json, best, ms)
             return dict(best)
+
+    def remembered(self, kernels: Collection[str]) -> list[dict]:
+        """The picks in memory for these kernel identities, as plain JSON records (what a saved
+        model archive keeps, so that loading it on the same GPU and Triton times nothing)."""
+        with self._lock:
+            return [{"kernel": k, "device": d, "triton": t, "key": json.loads(key),
+                     "config": dict(config)}
+                    for (k, d, t, key), config in self._memory.items() if k in kernels]
+
+    def remember(self, records: Sequence[Any]) -> int:
+        """Take picks from `remembered` records (an archive's: untrusted, so each is checked as a
+        cache file entry is, and a pick is still only used when it is one of the configs offered
+        at that time). Returns how many were taken."""
+        taken = 0
+        with self._lock:
+            for r in records:
+                if not isinstance(r, dict) or set(r) != {"kernel", "device", "triton", "key",
+                                                         "config"}:
+                    continue
+                names = (r["kernel"], r["device"], r["triton"])
+                if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names):
+                    continue
+                if not _well_formed({"key": r["key"], "config": r["config"], "ms": 0.0}):
+                    continue
+                self._memory[(*names, _canonical(r["key"]))] = dict(r["config"])
+                taken += 1
+        return taken
 
     # -- internals --
 

@@ -37,6 +37,7 @@ class TritonProgram(TorchProgram):
 
     def __init__(self, graph: Graph, device: torch.device, autotune: bool | None = None):
         self.assignments: list[Assignment] = []
+        self.tuned_kernels: set[str] = set()  # autotuner identities, for saving their picks
         self.autotune = (not jit.interpreting()) if autotune is None else autotune
         super().__init__(graph, device)
 
@@ -48,29 +49,30 @@ class TritonProgram(TorchProgram):
             self.assignments.append(Assignment(where, node.op, None, result))
             return super().lower(node)
         self.assignments.append(Assignment(where, node.op, result.kernel))
-        fn = result.fn if not self.autotune or result.tune is None else _tuned(result, node)
+        fn = result.fn
+        if self.autotune and result.tune is not None and result.configs:
+            identity = hashlib.sha256(f"{result.kernel}|{node.op}|{dict(node.attrs)!r}".encode())
+            self.tuned_kernels.add(identity.hexdigest())
+            fn = _tuned(result, identity.hexdigest())
         return (lambda *xs, **_attrs: fn(*xs)), {}
 
 
-def _tuned(result: Lowered, node: Node) -> Callable[..., Any]:
+def _tuned(result: Lowered, identity: str) -> Callable[..., Any]:
     """`result.fn`, which on its first call picks the fastest config for these shapes."""
     from fxforge.kernels.triton import autotune
 
     configs = list(result.configs)
-    if not configs:
-        return result.fn
     done: list[bool] = []
 
     def run(*xs):
         if not done:
-            identity = hashlib.sha256(f"{result.kernel}|{node.op}|{dict(node.attrs)!r}".encode())
             key = tuple("x".join(map(str, x.shape)) for x in xs if isinstance(x, torch.Tensor))
 
             def attempt(config):
                 result.tune(config)
                 result.fn(*xs)
 
-            best = autotune.default_tuner().pick(identity.hexdigest(), key, configs, attempt)
+            best = autotune.default_tuner().pick(identity, key, configs, attempt)
             result.tune(best)
             done.append(True)
         return result.fn(*xs)
