@@ -48,6 +48,7 @@ _mount_source_subpackages()
 from fxforge import zoo
 from fxforge.api import CompiledModel, compile
 from fxforge.archive import ArchiveError, load
+from fxforge.distill import distill
 from fxforge.errors import (
     CalibrationError,
     CaptureError,
@@ -90,6 +91,7 @@ __all__ = [
     "UnsupportedModelError",
     "Value",
     "compile",
+    "distill",
     "load",
     "parse_ir",
     "prune_channels",

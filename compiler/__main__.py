@@ -3,6 +3,7 @@
     fxforge ir path/to/model.py:make_model --input 1x3x32x32      # captured and optimized IR
     fxforge compile zoo:resnet18 --target reference                # report + match against eager
     fxforge demo                                                   # the bundled default
+    fxforge demo --workflow                # prune, distill, int8, save, load: digits CNN
     fxforge targets | fxforge ops                                  # what exists
     fxforge bench [--quick] [--models m,..] [--systems s,..]       # side-by-side benchmark
     fxforge replay|bisect|reduce BUNDLE, fxforge view DUMP_DIR     # debugging a pass
@@ -231,6 +232,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.workflow:
+        from fxforge.workflow import run
+
+        run(amount=args.prune, epochs=args.epochs, out=args.out, repeats=args.repeats or 30,
+            progress=sys.stderr.isatty())
+        return 0
     model, inputs = zoo.build(args.model, args.batch)
     print(f"fxforge demo: {args.model} ({zoo.ZOO[args.model].description}), batch {args.batch}, "
           f"target {args.target}\n")
@@ -341,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="cpu", choices=TARGETS)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=20, help="timed runs (0: no timing)")
+    g = p.add_argument_group("the optimization workflow (--workflow)")
+    g.add_argument("--workflow", action="store_true",
+                   help="digits CNN: prune, distill, int8, save, load in a fresh process; "
+                        "accuracy, size and speed at every step")
+    g.add_argument("--prune", type=float, default=0.5, help="fraction of channels pruned")
+    g.add_argument("--epochs", type=int, default=15, help="distillation epochs")
+    g.add_argument("--out", metavar="DIR", help="where the archive goes (default: a temp dir)")
     _add_quant_args(p)
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("bench", help="benchmark fxforge targets against eager PyTorch, "
