@@ -49,6 +49,7 @@ from fxforge import zoo
 from fxforge.api import CompiledModel, compile
 from fxforge.archive import ArchiveError, load
 from fxforge.distill import distill
+from fxforge.ensemble import EnsembleError, ensemble, merge_weights
 from fxforge.errors import (
     CalibrationError,
     CaptureError,
@@ -76,6 +77,7 @@ __all__ = [
     "CompiledModel",
     "DebugOptions",
     "DeviceUnavailableError",
+    "EnsembleError",
     "ExecutionError",
     "FxforgeError",
     "Graph",
@@ -92,7 +94,9 @@ __all__ = [
     "Value",
     "compile",
     "distill",
+    "ensemble",
     "load",
+    "merge_weights",
     "parse_ir",
     "prune_channels",
     "verify",

@@ -2,8 +2,10 @@
 
 Four fusions, in this order (each needs what the one before leaves alone):
 
-1. sibling `linear`s that read the same input with constant weights (Q, K and V) become one
-   linear with concatenated weights and a `split` (an ordinary function: it groups the graph);
+1. sibling `linear`s / `conv2d`s that read the same input with constant weights (Q, K and V;
+   the first convs of an ensemble) become one layer with concatenated output channels and a
+   `split`, taking along the unary epilogue chain they share (passes/merge_siblings.py says
+   which siblings merge and why: an ordinary function, it groups the graph);
 2. matmul(softmax(matmul(q, k^T) * scale [+ mask]), v) becomes `scaled_dot_product_attention`
    (before 3 and 4, which would otherwise take its scale and mask into other nodes);
 3. conv2d / linear followed by elementwise ops (bias is already in the op; activation, residual
@@ -21,14 +23,15 @@ attention row whose every key is masked gives NaN unfused and zeros fused (sdpa'
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from fxforge import ops
-from fxforge.ir import ConstData, Graph, NameGenerator, Node, Provenance, Value
+from fxforge.ir import Graph, Node, Provenance, Value
+from fxforge.passes.merge_siblings import merge_siblings
 from fxforge.passes.rewrite import Rewriter, Rule, rewrite
 from fxforge.shapes import OpTypeError, norm_dim
 
@@ -266,71 +269,6 @@ ELEMENTWISE_RULES = [
 ]
 
 
-# --- horizontal merge of sibling linears --------------------------------------------------------
-
-
-def _feeds_epilogue(graph: Graph, node: Node) -> bool:
-    """Whether the linear's result would rather fuse vertically (its one reader is an op an
-    epilogue takes), so it is not merged with its siblings."""
-    out = node.output
-    users = graph.users.get(out.name, ())
-    return (len(users) == 1 and out not in graph.outputs
-            and users[0].op in EPILOGUE_UNARY | EPILOGUE_BINARY)
-
-
-def _common_module(paths: Sequence[str]) -> str:
-    parts = [p.split(".") for p in paths]
-    common = []
-    for names in zip(*parts):
-        if len(set(names)) != 1:
-            break
-        common.append(names[0])
-    return ".".join(common)
-
-
-def _merged(group: list[Node], graph: Graph, names: NameGenerator) -> list[Node]:
-    first = group[0]
-    provenance = Provenance(_common_module([n.provenance.module for n in group]),
-                            first.provenance.source)
-    consts = []
-    for i in range(1, len(first.inputs)):  # weights, then biases
-        array = np.concatenate([graph.constant(n.inputs[i]) for n in group], axis=0)
-        consts.append(ops.build_node("const", [], {"value": ConstData(array)}, [names.fresh("c")],
-                                     provenance))
-    linear = ops.build_node("linear", [first.inputs[0], *(c.output for c in consts)], {},
-                            [names.fresh("merged")], provenance)
-    sizes = tuple(n.output.type.shape[-1] for n in group)
-    split = ops.build_node("split", [linear.output], {"sizes": sizes, "dim": -1},
-                           [n.output.name for n in group], provenance)
-    return [*consts, linear, split]
-
-
-def merge_sibling_linears(graph: Graph) -> tuple[Graph, int]:
-    """Linears with constant weights (all with a bias or all without) that read the same input
-    become one linear and a split, placed where the first of them was; the split's results keep
-    the names of the linears they replace."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, node in enumerate(graph.nodes):
-        if node.op != "linear" or _feeds_epilogue(graph, node):
-            continue
-        if any(graph.constant(v) is None for v in node.inputs[1:]):
-            continue
-        key = (node.inputs[0].name, len(node.inputs), tuple(v.type.dtype for v in node.inputs))
-        groups[key].append(i)
-    leaders = {g[0]: g for g in groups.values() if len(g) >= 2}
-    if not leaders:
-        return graph, 0
-    followers = {i for g in leaders.values() for i in g[1:]}
-    names = NameGenerator(graph.value_names())
-    nodes: list[Node] = []
-    for i, node in enumerate(graph.nodes):
-        if i in leaders:
-            nodes += _merged([graph.nodes[j] for j in leaders[i]], graph, names)
-        elif i not in followers:
-            nodes.append(node)
-    return Graph(graph.inputs, tuple(nodes), graph.outputs), len(leaders)
-
-
 # --- the pass -----------------------------------------------------------------------------------
 
 
@@ -338,15 +276,17 @@ def _count(graph: Graph) -> Counter:
     return Counter(node.op for node in graph.nodes if node.op in FUSED_OPS)
 
 
-def fuse(graph: Graph) -> tuple[Graph, dict[str, int]]:
+def fuse(graph: Graph) -> tuple[Graph, dict[str, Any]]:
+    """Counts of what formed, and `merged`: one note per horizontal merge (for the report)."""
     before = _count(graph)
-    graph, merged = merge_sibling_linears(graph)
+    graph, merged, notes = merge_siblings(graph, EPILOGUE_UNARY, EPILOGUE_BINARY)
     graph, attention = rewrite(graph, ATTENTION_RULES)
     graph, epilogue = rewrite(graph, EPILOGUE_RULES)
     graph, chains = rewrite(graph, ELEMENTWISE_RULES)
     formed = _count(graph) - before
     stats = {
-        "merged-linears": merged,
+        "merged-linears": merged["linear"],
+        "merged-convs": merged["conv2d"],
         "attention": attention["attention"],
         "fused_conv2d": formed["fused_conv2d"],
         "fused_linear": formed["fused_linear"],
@@ -354,4 +294,5 @@ def fuse(graph: Graph) -> tuple[Graph, dict[str, int]]:
         "fused_elementwise": formed["fused_elementwise"],
         "elementwise-steps": chains["elementwise-chain"],
     }
+    stats["merged"] = notes
     return graph, {k: v for k, v in stats.items() if v}

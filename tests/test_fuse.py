@@ -336,7 +336,8 @@ graph(%x: f32[3,2]) {
   %s = matmul %q, %kt : f32[3,3]
   %o = matmul %s, %v : f32[3,1]
   return %o
-}""", {"merged-linears": 1}, exact=False)  # noqa: E501
+}""", {"merged-linears": 1, "merged": [  # noqa: E501
+    "3 linear merged into one (5 output channels): attn.q, attn.k, attn.v"]}, exact=False)
 
 
 def test_linear_feeding_an_epilogue_fuses_vertically_instead_of_merging():
