@@ -42,7 +42,7 @@ QUANTIZABLE = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d", "linear": "qlinea
                "fused_linear": "qlinear"}
 # Ops that move or select int8 elements without arithmetic: they run on int8 unchanged.
 TRANSPARENT = frozenset(("reshape", "permute", "slice", "select", "squeeze", "unsqueeze",
-                         "expand", "cat", "max_pool2d", "identity", "memory_format"))
+                         "expand", "cat", "split", "max_pool2d", "identity", "memory_format"))
 CONV_ATTRS = ("stride", "padding", "dilation", "groups")
 
 Range = tuple[float, float]

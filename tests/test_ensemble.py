@@ -288,6 +288,10 @@ def test_int8_ensemble_is_close(cnns, combine):
     merged = _first_convs(fast.graph)[0]
     assert merged.op == "qconv2d"  # 27 products per output: worth int8
     assert fast.graph.constant(merged.inputs[2]).shape == (24,)  # a scale per output channel
+    splits = [n for n in fast.graph.nodes if n.op == "split"]
+    assert [v.type.dtype for v in splits[0].outputs] == ["i8"] * 3  # int8 through the split,
+    assert not any("dequantize" in line for line in str(fast.report).splitlines()  # no round
+                   if "%" in line and "split" in line)  # trip for it
     dynamic = compile(ens, "cpu-int8")  # no calibration: dynamic activation scales
     torch.testing.assert_close(dynamic(x), expected, rtol=0, atol=0.05 * scale)
     _assert_one_merged_first_conv(dynamic, 3 * 8)
