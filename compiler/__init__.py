@@ -69,6 +69,18 @@ from fxforge.pruning import prune_channels
 from fxforge.targets import TARGETS
 from fxforge.verify import IRVerificationError, verify
 
+_LAZY = {"export_onnx": "fxforge.onnx_export", "import_onnx": "fxforge.onnx_import"}
+
+
+def __getattr__(name: str):
+    """ONNX functions, imported at first use: `import onnx` alone costs most of a second."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fxforge' has no attribute {name!r}")
+
+
 __all__ = [
     "TARGETS",
     "ArchiveError",
@@ -95,6 +107,8 @@ __all__ = [
     "compile",
     "distill",
     "ensemble",
+    "export_onnx",
+    "import_onnx",
     "load",
     "merge_weights",
     "parse_ir",

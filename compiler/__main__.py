@@ -8,6 +8,8 @@
     fxforge bench [--quick] [--models m,..] [--systems s,..]       # side-by-side benchmark
     fxforge replay|bisect|reduce BUNDLE, fxforge view DUMP_DIR     # debugging a pass
     fxforge compile zoo:digits --save d.fxf; fxforge inspect d.fxf # saved models
+    fxforge compile model.onnx --target cpu-int8 --calibrate 8     # an ONNX model
+    fxforge export zoo:resnet18 --target cpu-int8 -o r18.onnx      # the optimized graph as ONNX
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def load_spec(spec: str, batch: int = 1) -> tuple[torch.nn.Module, tuple | None]
             return zoo.build(spec[4:], batch)
         except KeyError as e:
             raise CliError(str(e.args[0])) from None
+    if spec.endswith(".onnx"):
+        from fxforge.onnx_cli import load_onnx_spec
+
+        return load_onnx_spec(spec, batch)
     path, sep, factory = spec.rpartition(":")
     if not sep or not path or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", factory):
         raise CliError(f"model spec {spec!r} must be `path/to/file.py:factory` or `zoo:NAME` "
@@ -174,11 +180,16 @@ def _summarize(compiled, model, inputs: tuple, repeats: int) -> None:
     print("\n".join(shown[:12] + (["  ..."] if len(shown) > 13 else []) + shown[-2:]))
     print()
     print(compiled.report)
+    if isinstance(model, str):  # an ONNX file: ONNX Runtime on it is the reference
+        from fxforge.onnx_cli import OnnxRuntimeReference
+
+        model = OnnxRuntimeReference(model)
+    reference = getattr(model, "reference_name", "eager PyTorch")
     with torch.no_grad():
         expected = model(*inputs)
     got = compiled(*inputs)
     int8 = TARGET_INFO[compiled.target].precision == "int8"
-    print("\nmatch against eager PyTorch " + ("(int8: cosine similarity >= 0.99):" if int8 else
+    print(f"\nmatch against {reference} " + ("(int8: cosine similarity >= 0.99):" if int8 else
                                              "(float32; tolerance rtol 1e-4, atol 1e-5):"))
     ok = True
     for (name, err), a, b in zip(_max_errors(expected, got), pytree.tree_leaves(expected),
@@ -190,11 +201,12 @@ def _summarize(compiled, model, inputs: tuple, repeats: int) -> None:
         with torch.no_grad():
             eager_ms = _median_ms(model, inputs, repeats)
         ours_ms = _median_ms(compiled, inputs, repeats)
-        print(f"\nlatency, median of {repeats} after warm-up, this machine, this run: eager "
+        short = "ONNX Runtime" if reference != "eager PyTorch" else "eager"
+        print(f"\nlatency, median of {repeats} after warm-up, this machine, this run: {short} "
               f"{eager_ms:.2f} ms, fxforge {compiled.target} {ours_ms:.2f} ms "
               f"(ratio {eager_ms / ours_ms:.2f}x)")
     if not ok:
-        raise FxforgeError("compiled outputs do not match eager PyTorch")
+        raise FxforgeError(f"compiled outputs do not match {reference}")
 
 
 def _quant_options(args: argparse.Namespace, zoo_name: str | None, inputs: tuple) -> dict:
@@ -276,7 +288,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="path/to/file.py:factory (returns a module, or (module, "
-                                "example_inputs)), or zoo:NAME")
+                                "example_inputs)), zoo:NAME, or model.onnx")
     p.add_argument("--input", action="append", metavar="SHAPE[:DTYPE]",
                    help="one per positional input, e.g. 1x3x32x32 or 2x16:i64 (repeatable)")
     p.add_argument("--target", default="cpu", choices=TARGETS, help="compile target")
@@ -363,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
     from fxforge.archive_cli import add_commands as add_archive_commands
     from fxforge.debug.cli import add_commands
+    from fxforge.onnx_cli import add_commands as add_onnx_commands
 
     add_commands(sub)
     add_archive_commands(sub)
+    add_onnx_commands(sub, _add_model_args, _add_quant_args)
     sub.add_parser("targets", help="list compile targets").set_defaults(fn=cmd_targets)
     sub.add_parser("ops", help="list the IR's ops").set_defaults(fn=cmd_ops)
     return parser

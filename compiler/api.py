@@ -109,7 +109,7 @@ class CompiledModel:
         self._quant = None
         if quant is not None and "quantize" in pipeline:
             float_passes = pipeline[:pipeline.index("quantize")]
-            self._quant = Quantization(model, quant, float_passes, debug)
+            self._quant = Quantization(self._capture, quant, float_passes, debug)
         self.target = target.name
         self._target = target
         self._manager = PassManager(pipeline, debug)
@@ -256,7 +256,7 @@ class CompiledModel:
         captured = None
         if self._quant is not None and not kwargs:
             captured = self._quant.captured_for(args)
-        captured = captured or capture(self._model, args, kwargs)
+        captured = captured or self._capture(args, kwargs)
         names = self._leaf_names(args, kwargs)
         signature = ", ".join(f"{n}: {_describe_leaf(k)}" for n, k in zip(names, key[1]))
         subdir = "" if not self._entries else f"capture-{len(self._entries) + 1}"
@@ -277,6 +277,10 @@ class CompiledModel:
         self._entries[key] = entry
         self._latest = entry
         return entry
+
+    def _capture(self, args: tuple, kwargs: dict) -> Captured:
+        """The model as IR for these inputs (an ONNX model imports instead: fxforge.onnx_model)."""
+        return capture(self._model, args, kwargs)
 
     # --- running ---
 
@@ -304,6 +308,13 @@ class CompiledModel:
             outs = run_reference(entry.graph, arrays)
             return [torch.from_numpy(np.array(o)).to(device) for o in outs]
         device = inputs[0].device if inputs else torch.device("cpu")
+        if self._target.backend == "ort":
+            program = entry.programs.get("ort")
+            if program is None:
+                from fxforge.kernels.ort_backend import OrtProgram
+
+                program = entry.programs["ort"] = OrtProgram(entry.graph, device)
+            return [o.to(device) for o in program(inputs)]
         program = entry.programs.get(str(device))
         if program is None:
             program = entry.programs[str(device)] = TorchProgram(entry.graph, device)
@@ -322,7 +333,7 @@ class CompiledModel:
                 return fast(args)
         entry, leaves = self._prepare(args, kwargs)
         result = self._restore(entry, self._execute(entry, self._graph_inputs(entry, leaves)))
-        if not kwargs and self._target.backend == "torch" and self._device is None:
+        if not kwargs and self._target.backend in ("torch", "ort") and self._device is None:
             self._remember_fast(args, entry)
         return result
 
@@ -334,8 +345,9 @@ class CompiledModel:
         key = _fast_key(args)
         if key is None or key in self._fast_calls:
             return
-        program = entry.programs.get(str(args[0].device if args else torch.device("cpu")))
-        if program is None:
+        device = args[0].device if args else torch.device("cpu")
+        program = entry.programs.get("ort" if self._target.backend == "ort" else str(device))
+        if program is None or (self._target.backend == "ort" and device.type != "cpu"):
             return
         picks = tuple(entry.captured.input_leaves)
         single = (len(entry.captured.output_leaves) == 1
@@ -373,6 +385,13 @@ class CompiledModel:
             raise RuntimeError(f"{self._name} is not captured yet: call it once, or compile with "
                                "example_inputs=...")
         return self._latest.graph
+
+    def export_onnx(self, path: Any, **options: Any) -> Any:
+        """Write the optimized graph of the latest input signature as ONNX: fp32 as plain ONNX,
+        int8 as QDQ (fxforge.onnx_export); returns the onnx.ModelProto."""
+        from fxforge.onnx_export import export_compiled
+
+        return export_compiled(self, path, **options)
 
     def save(self, path: Any) -> Any:
         """Write every input signature compiled so far to one archive (IR text, `.npz`
@@ -412,8 +431,8 @@ def output_names(captured: Captured) -> list[str]:
 
 
 def _weight_bits(target: Target, asked: int | None) -> int:
-    if asked is None:
-        return int8_scheme.detect().weight_bits if target.backend == "torch" else 8
+    if asked is None:  # ONNX Runtime's x86 int8 kernels add pairs of products as oneDNN's do
+        return int8_scheme.detect().weight_bits if target.backend in ("torch", "ort") else 8
     if not isinstance(asked, numbers.Integral) or isinstance(asked, bool) \
             or int(asked) not in WEIGHT_BITS:
         raise OptionError(f"weight_bits must be one of {WEIGHT_BITS}, got {asked!r}")
@@ -450,6 +469,9 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
             **options: Any) -> CompiledModel:
     """Compile `model` for `target` (see `fxforge.TARGETS`).
 
+    model: a torch.nn.Module, or an ONNX model (an `.onnx` path or an `onnx.ModelProto`), called
+        with torch tensors positionally in the ONNX input order or by input name, returning its
+        outputs in the ONNX output order (one output: the tensor; several: a tuple).
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
         the model is captured now and calls must match it; omitted, the model is captured at the
         first call and again for each new input signature.
@@ -482,8 +504,14 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
     which kernels. autotune: time each kernel's candidate configs at first run, cached on disk
     (default: on a GPU, off under the interpreter); False for quick compiles.
     """
+    source = None
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"compile() expects a torch.nn.Module, got {type(model).__name__}")
+        from fxforge.onnx_model import OnnxSource, is_onnx_model
+
+        if not is_onnx_model(model):
+            raise TypeError(f"compile() expects a torch.nn.Module, an .onnx path or an "
+                            f"onnx.ModelProto, got {type(model).__name__}")
+        source = OnnxSource(model)
     info = get_target(target)
     autotune = options.pop("autotune", None) if info.backend == "triton" else None
     if options:
@@ -502,7 +530,13 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
                              weight_bits=_weight_bits(info, weight_bits),
                              smooth=_smooth_alpha(smooth, calibration, pipeline),
                              int8_layers=_int8_layers(int8_layers, info))
-    compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
+    if source is None:
+        compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
+    else:
+        from fxforge.onnx_model import OnnxCompiledModel
+
+        compiled = OnnxCompiledModel(source, info, pipeline, DebugOptions.make(debug), quant,
+                                     autotune)
     if example_inputs is not None:
         args, kwargs = _normalize_example(example_inputs)
         compiled._compile_for(args, kwargs)

@@ -28,7 +28,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from fxforge.calibration import ActivationStats, ChannelStats, check_method, iter_samples
-from fxforge.capture import Captured, capture
+from fxforge.capture import Captured
 from fxforge.errors import CalibrationError, FxforgeError, OptionError
 from fxforge.execute import TorchProgram
 from fxforge.ir import Graph, Node
@@ -133,10 +133,10 @@ def check_keep_float(value: Any) -> tuple[str, ...]:
 
 
 class Quantization:
-    def __init__(self, model: torch.nn.Module, options: QuantOptions,
+    def __init__(self, capture: Callable[[tuple, dict], Captured], options: QuantOptions,
                  float_pipeline: Sequence[str], debug: DebugOptions):
         check_method(options.method, options.percentile)
-        self.model = model
+        self.capture = capture  # inputs -> Captured: the model's capture (or ONNX import)
         self.options = options
         self.float_pipeline = tuple(float_pipeline)
         self.debug = debug
@@ -172,7 +172,7 @@ class Quantization:
         key = self._signature(args)
         if key not in self._graphs:
             try:
-                captured = capture(self.model, args, {})
+                captured = self.capture(args, {})
                 graph, _ = PassManager(self.float_pipeline, self.debug).run(captured.graph)
             except FxforgeError as e:
                 raise CalibrationError(f"calibration sample {index} does not fit the model: "

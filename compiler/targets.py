@@ -13,7 +13,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Target:
     name: str
-    backend: str  # reference | torch | triton
+    backend: str  # reference | torch | ort | triton
     precision: str
     pipeline: tuple[str, ...]
     description: str
@@ -43,6 +43,10 @@ _TARGETS = [
     Target("cpu-int8", "torch", "int8", _INT8,
            "int8 arithmetic: oneDNN int8 kernels where they sum exactly on this CPU (7-bit "
            "weights without VNNI), else an exact generic path"),
+    Target("ort", "ort", "fp32", _FLOAT,
+           "fxforge's passes, then ONNX Runtime (CPU) runs the exported graph"),
+    Target("ort-int8", "ort", "int8", _INT8,
+           "fxforge's passes and int8 quantization, then ONNX Runtime runs the QDQ export"),
     Target("cuda", "triton", "fp32", _CUDA,
            "generated Triton kernels (GEMM, NHWC conv, fused elementwise, norms), torch fallback"),
     Target("cuda-fp16", "triton", "fp16", _CUDA_FP16,

@@ -176,7 +176,8 @@ def test_training_mode_model_is_compiled_for_inference_and_says_so():
 
 
 def test_not_a_module():
-    with pytest.raises(TypeError, match="expects a torch.nn.Module, got function"):
+    with pytest.raises(TypeError, match="expects a torch.nn.Module, an .onnx path or an "
+                                        "onnx.ModelProto, got function"):
         compile(lambda x: x)
 
 
@@ -187,8 +188,8 @@ def test_unknown_targets():
     for name in TARGETS:
         assert name in str(info.value)
     assert fxforge.TARGETS == TARGETS
-    assert {"reference", "cpu", "reference-int8", "cpu-int8", "cuda", "cuda-fp16", "cuda-int8",
-            "cuda-int4"} == set(TARGETS)
+    assert {"reference", "cpu", "reference-int8", "cpu-int8", "ort", "ort-int8", "cuda",
+            "cuda-fp16", "cuda-int8", "cuda-int4"} == set(TARGETS)
 
 
 def test_unknown_option_and_pass():
