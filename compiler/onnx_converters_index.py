@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from fxforge import dtypes
-from fxforge.onnx_converters import axis_of, cast, ints, like, unsupported
+from fxforge.onnx_converters import axis_of, cast, ints, is_float, like, unsupported
 
 MAX_WRITERS = 64  # updates that may land on one element (layers of the combination)
 
@@ -158,11 +158,18 @@ def _slice(ctx, node):
 
 
 def _gather(ctx, node):
+    """A constant scalar index: `select` (the axis and index as the model writes them); rows of
+    a constant 2-D float table (an initializer) by run-time indices: `embedding`, as
+    nn.Embedding is captured; else `index`."""
     x = ctx.input(node, 0)
-    axis = axis_of(node, node.attr("axis", 0), x.type.ndim)
+    given = node.attr("axis", 0)
+    axis = axis_of(node, given, x.type.ndim)
     const = ctx.const_input(node, 1)
     if const is not None and const.ndim == 0:
-        return [ctx.emit("select", [x], dim=axis, index=int(const))]
+        return [ctx.emit("select", [x], dim=given, index=int(const))]
+    table = ctx.const_input(node, 0)
+    if axis == 0 and table is not None and table.ndim == 2 and is_float(x) and const is None:
+        return [ctx.emit("embedding", [x, ctx.input(node, 1)])]
     return [ctx.emit("index", [x, ctx.input(node, 1)], dim=axis)]
 
 
@@ -199,7 +206,10 @@ def _gather_nd(ctx, node):
         shape = [1] * rank
         shape[j] = x.type.shape[j]
         index.append(ctx.const(np.arange(x.type.shape[j], dtype=np.int64).reshape(shape)))
-    for j in range(k):
+    table = ctx.const_input(node, 1)
+    if table is not None and k:
+        index.extend(ctx.const(c) for c in _smallest_columns(np.asarray(table, np.int64)))
+    for j in range(k if table is None else 0):
         column = ctx.emit("select", [idx], dim=idx.type.ndim - 1, index=j)
         index.append(column)
     if not index:
@@ -210,6 +220,24 @@ def _gather_nd(ctx, node):
         out = ctx.emit("expand", [out], shape=want) if len(want) == out.type.ndim else \
             ctx.emit("reshape", [out], shape=want)
     return [out]
+
+
+def _smallest_columns(table: np.ndarray) -> list[np.ndarray]:
+    """The index columns of constant GatherND indices, each at its smallest broadcast shape
+    (an exporter broadcasts x[rows[:, None], cols] to one table; this gives back the [B, 1] and
+    [1, N] pieces), while together they still broadcast to the table's shape."""
+    columns = [table[..., j] for j in range(table.shape[-1])]
+    shape = columns[0].shape
+    small = []
+    for c in columns:
+        for axis in range(c.ndim):
+            if c.shape[axis] > 1 and (c == c.take([0], axis=axis)).all():
+                c = c.take([0], axis=axis)
+        small.append(c)
+    for axis, size in enumerate(shape):
+        if size > 1 and all(c.shape[axis] == 1 for c in small):
+            small[-1] = np.repeat(small[-1], size, axis=axis)
+    return [np.ascontiguousarray(c) for c in small]
 
 
 def _trilu(ctx, node):

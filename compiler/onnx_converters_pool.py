@@ -47,13 +47,15 @@ def spatial_pads(node, sizes, kernel, strides, dilations) -> list[tuple[int, int
 
 
 def _out_len(n: int, k: int, s: int, d: int, b: int, e: int, ceil: bool) -> int:
+    """ONNX's (and torch's) output length; in ceil mode a window may be larger than the padded
+    input (`nn.AvgPool2d(7, ceil_mode=True)` on a 1x1 map): one window, over what is there."""
     span = n + b + e - d * (k - 1) - 1
-    if span < 0:
-        raise ValueError(f"a window of {k} (dilation {d}) is larger than the padded size "
-                         f"{n} + {b} + {e}")
     out = (-(-span // s) if ceil else span // s) + 1
     if ceil and (out - 1) * s >= n + b:
         out -= 1
+    if out < 1:
+        raise ValueError(f"a window of {k} (dilation {d}) is larger than the padded size "
+                         f"{n} + {b} + {e}")
     return out
 
 
@@ -117,6 +119,8 @@ def _pool(kind: str):
                 for n, k, s, d, (b, e) in zip(sizes, kernel, strides, dilations, pads)]
         if kind == "lp":
             return [_lp(ctx, node, x, kernel, strides, dilations, pads, outs)]
+        if _whole(sizes, kernel, dilations, pads, outs) and (kind == "max" or is_float(x)):
+            return [_global_pool(ctx, kind, x)]
         native = _native(ctx, kind, node, x, kernel, strides, dilations, pads, outs, ceil)
         if native is not None:
             return [native]
@@ -144,6 +148,23 @@ def _pool(kind: str):
         return [ctx.emit("div", [sums, ctx.const(counts.astype(dtypes.to_numpy(x.type.dtype)))])]
 
     return convert
+
+
+def _whole(sizes, kernel, dilations, pads, outs) -> bool:
+    """One window, unpadded and undilated, larger than the input in some dim (ceil mode lets
+    it be): it covers the whole input, and ONNX averages only what is there."""
+    return (all(o == 1 for o in outs) and all(p == (0, 0) for p in pads)
+            and all(d == 1 for d in dilations) and all(k >= n for k, n in zip(kernel, sizes))
+            and any(k > n for k, n in zip(kernel, sizes)))
+
+
+def _global_pool(ctx, kind: str, x):
+    """The average or maximum over every spatial position, keeping the dims (4-D average:
+    adaptive_avg_pool2d to 1x1, the IR's global pooling)."""
+    dims = tuple(range(2, x.type.ndim))
+    if kind == "avg" and x.type.ndim == 4:
+        return ctx.emit("adaptive_avg_pool2d", [x], output_size=(1, 1))
+    return ctx.emit("mean" if kind == "avg" else "amax", [x], dims=dims, keepdim=True)
 
 
 def _check_taps(node, kernel) -> None:
@@ -206,10 +227,10 @@ def _global(kind: str):
     def convert(ctx, node):
         x = ctx.input(node, 0)
         dims = tuple(range(2, x.type.ndim))
-        if kind == "avg":
+        if kind == "avg" and not is_float(x):
             return [ctx.emit("mean", [x], dims=dims, keepdim=True)]
-        if kind == "max":
-            return [ctx.emit("amax", [x], dims=dims, keepdim=True)]
+        if kind in ("avg", "max"):
+            return [_global_pool(ctx, kind, x)]
         p = node.attr("p", 2)
         total = ctx.emit("sum", [_power_sum(ctx, node, x, p)], dims=dims, keepdim=True)
         return [cast(ctx, _root(ctx, total, p), x.type.dtype)]

@@ -124,14 +124,18 @@ def _identity(ctx, node):
 
 
 def _dropout(ctx, node):
-    """Inference: the identity and an all-true mask. Training mode is random unless the ratio
-    is 0."""
+    """Inference: the identity and an all-true mask. Training mode is random (unless the ratio
+    is 0): fxforge compiles for inference, so it is the identity too, with a note (as
+    onnxruntime's optimized sessions run the train-mode dropouts that torch.onnx's dynamo
+    exporter writes for a module left in train mode); its random mask output is refused."""
     x = ctx.input(node, 0)
     training = ctx.need_const(node, 2, "training_mode") if node.has(2) else np.array(False)
     if bool(np.asarray(training).reshape(-1)[0]):
         ratio = ctx.need_const(node, 1, "ratio") if node.has(1) else np.array(0.5)
         if float(np.asarray(ratio).reshape(-1)[0]) != 0.0:
-            raise unsupported(node, "Dropout in training mode (random)")
+            if len(node.outputs) > 1 and node.outputs[1]:
+                raise unsupported(node, "the mask of Dropout in training mode (random)")
+            ctx.note("Dropout in training mode compiled for inference (the identity)")
     mask = ctx.emit("full", [], shape=x.type.shape, value=1.0, dtype="bool")
     return [x, mask]
 
@@ -184,20 +188,22 @@ def _axes(ctx, node, i: int = 1) -> tuple[int, ...] | None:
 
 
 def _squeeze(ctx, node):
+    """`squeeze` of the axes as the model writes them (all size-1 dims without axes)."""
     x = ctx.input(node, 0)
     axes = _axes(ctx, node)
     shape = x.type.shape
     if axes is None:
-        dims = tuple(i for i, d in enumerate(shape) if d == 1)
-    else:
-        dims = tuple(axis_of(node, a, x.type.ndim) for a in axes)
-        if any(shape[d] != 1 for d in dims):
-            raise unsupported(node, f"squeezing axes {list(axes)} of {list(shape)} (not size 1)")
-    out = tuple(d for i, d in enumerate(shape) if i not in dims)
-    return [ctx.emit("reshape", [x], shape=out)]
+        axes = tuple(i for i, d in enumerate(shape) if d == 1)
+    dims = tuple(axis_of(node, a, x.type.ndim) for a in axes)
+    if any(shape[d] != 1 for d in dims):
+        raise unsupported(node, f"squeezing axes {list(axes)} of {list(shape)} (not size 1)")
+    if len(set(dims)) != len(dims):
+        raise unsupported(node, f"repeated axes {list(axes)}")
+    return [ctx.emit("squeeze", [x], dims=tuple(axes))]
 
 
 def _unsqueeze(ctx, node):
+    """One axis: `unsqueeze` (the axis as the model writes it); several: a reshape."""
     x = ctx.input(node, 0)
     axes = _axes(ctx, node)
     if axes is None:
@@ -206,6 +212,8 @@ def _unsqueeze(ctx, node):
     dims = sorted(axis_of(node, a, rank) for a in axes)
     if len(set(dims)) != len(dims):
         raise unsupported(node, f"repeated axes {list(axes)}")
+    if len(axes) == 1:
+        return [ctx.emit("unsqueeze", [x], dim=axes[0])]
     shape = list(x.type.shape)
     for d in dims:
         shape.insert(d, 1)
@@ -254,7 +262,8 @@ def _concat(ctx, node):
 
 def _split(ctx, node):
     x = ctx.input(node, 0)
-    axis = axis_of(node, node.attr("axis", 0), x.type.ndim)
+    given = node.attr("axis", 0)  # the IR keeps it as written (-1 stays the last dim)
+    axis = axis_of(node, given, x.type.ndim)
     size = x.type.shape[axis]
     n = len(node.outputs)
     if "split" in node.attrs:
@@ -273,7 +282,7 @@ def _split(ctx, node):
         sizes = (size // n,) * n
     if len(sizes) != n:
         raise unsupported(node, f"{len(sizes)} split sizes for {n} outputs")
-    return list(ctx.emit("split", [x], n_outputs=n, sizes=sizes, dim=axis)) if n > 1 else \
+    return list(ctx.emit("split", [x], n_outputs=n, sizes=sizes, dim=given)) if n > 1 else \
         [ctx.emit("identity", [x])]
 
 

@@ -106,7 +106,11 @@ def _clamp(ctx, ins, attrs, outs):
 
 
 def _gelu(ctx, ins, attrs, outs):
+    """Gelu from opset 20 (float32 / float16: onnxruntime runs its float64 body through Erf,
+    which it has no float64 kernel for), else its formula, which the importer recognizes."""
     d, x = outs[0].dtype, ins[0].name
+    if ctx.opset >= 20 and d in ("f16", "f32"):
+        return [ctx.op("Gelu", [x], approximate=attrs["approximate"])]
 
     def c(v):
         return ctx.scalar(v, d)
@@ -157,6 +161,8 @@ _BOOL_ARITH = {"add": "Or", "mul": "And", "maximum": "Or", "minimum": "And"}
 def _arith(name: str) -> Converter:
     def convert(ctx, ins, attrs, outs):
         d = outs[0].dtype
+        if name == "pow" and _integer_exponent(ins, d):  # Pow takes it as it is (T2)
+            return [ctx.op("Pow", [ins[0].name, ins[1].name])]
         a, b = (_x(ctx, i, d) for i in ins)
         if d == "bool" and name in _BOOL_ARITH:
             return [ctx.op(_BOOL_ARITH[name], [a, b])]
@@ -165,6 +171,14 @@ def _arith(name: str) -> Converter:
             return [ctx.cast(got, "u8", d)]
         return [run(ctx, _ARITH[name], [a, b], d)]
     return convert
+
+
+def _integer_exponent(ins, d: str) -> bool:
+    """pow of a float base in the result's dtype by an int32 / int64 exponent: ONNX's Pow
+    takes the exponent in its own type, so x ** 2 keeps its integer 2 through a round trip."""
+    base, exponent = ins
+    return (dtypes.is_float(d) and base.type.dtype == d
+            and exponent.type.dtype in ("i32", "i64"))
 
 
 _COMPARE = {"eq": ("Equal", False), "ne": ("Equal", True), "lt": ("Less", False),
@@ -318,12 +332,16 @@ def _matmul(ctx, ins, attrs, outs):
 
 def _sdpa(ctx, ins, attrs, outs):
     """softmax(q @ k^T * scale + mask) @ v, decomposed; a row whose every key is masked gives
-    zeros, as torch's (and the reference's) safe softmax does."""
+    zeros, as torch's (and the reference's) safe softmax does. The default scale is a division
+    by sqrt(E), an explicit one a product, so the importer tells them apart again."""
     q, k, v = ins[:3]
     d, n = outs[0].dtype, q.type.ndim
     kt = ctx.op("Transpose", [k.name], perm=[*range(n - 2), n - 1, n - 2])
-    scale = attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(q.type.shape[-1])
-    s = ctx.op("Mul", [ctx.op("MatMul", [q.name, kt]), ctx.scalar(scale, d)])
+    s = ctx.op("MatMul", [q.name, kt])
+    if attrs["scale"] is None:
+        s = ctx.op("Div", [s, ctx.scalar(math.sqrt(q.type.shape[-1]), d)])
+    else:
+        s = ctx.op("Mul", [s, ctx.scalar(attrs["scale"], d)])
     ninf = ctx.scalar(-np.inf, d)
     if attrs["is_causal"]:
         keep = np.tril(np.ones((q.type.shape[-2], k.type.shape[-2]), dtype=bool))
@@ -516,8 +534,7 @@ def _cat(ctx, ins, attrs, outs):
 def _split(ctx, ins, attrs, outs):
     if len(outs) == 1:
         return [ins[0].name]
-    got = ctx.op("Split", [ins[0].name, ctx.i64(attrs["sizes"])], len(outs),
-                 axis=attrs["dim"] % ins[0].type.ndim)
+    got = ctx.op("Split", [ins[0].name, ctx.i64(attrs["sizes"])], len(outs), axis=attrs["dim"])
     return list(got)
 
 
@@ -527,26 +544,28 @@ def _slice(ctx, ins, attrs, outs):
     r = ops.slice_bounds(x.type.shape[dim], attrs["start"], attrs["end"], attrs["step"])
     if outs[0].shape == x.type.shape and attrs["step"] == 1:
         return [x.name]
-    start, end = (r.start, r[-1] + 1) if len(r) else (0, 0)
+    start, end = (r.start, r.stop) if len(r) else (0, 0)  # torch's clamped bounds, as ONNX's
     return [ctx.op("Slice", [x.name, ctx.i64([start]), ctx.i64([end]), ctx.i64([dim]),
                              ctx.i64([attrs["step"]])])]
 
 
 def _select(ctx, ins, attrs, outs):
-    x = ins[0]
-    dim = attrs["dim"] % x.type.ndim
-    index = ctx.const(np.asarray(attrs["index"] % x.type.shape[dim], dtype=np.int64))
-    return [ctx.op("Gather", [x.name, index], axis=dim)]
+    index = ctx.const(np.asarray(attrs["index"], dtype=np.int64))  # Gather counts negative
+    return [ctx.op("Gather", [ins[0].name, index], axis=attrs["dim"])]  # ones from the end
 
 
 def _unsqueeze(ctx, ins, attrs, outs):
-    return [ctx.op("Unsqueeze", [ins[0].name, ctx.i64([attrs["dim"] % outs[0].ndim])])]
+    return [ctx.op("Unsqueeze", [ins[0].name, ctx.i64([attrs["dim"]])])]
 
 
 def _squeeze(ctx, ins, attrs, outs):
-    x = ins[0]
-    axes = [a for a in _axes(x.type, attrs["dims"]) if x.type.shape[a] == 1]
-    return [ctx.op("Squeeze", [x.name, ctx.i64(axes)]) if axes else x.name]
+    """The named dims of size 1, once each, as the IR writes them (ONNX refuses the others)."""
+    x, seen, named = ins[0], set(), []
+    for d in attrs["dims"] if x.type.ndim else ():
+        if d % x.type.ndim not in seen and x.type.shape[d % x.type.ndim] == 1:
+            seen.add(d % x.type.ndim)
+            named.append(d)
+    return [ctx.op("Squeeze", [x.name, ctx.i64(named)]) if named else x.name]
 
 
 def _expand(ctx, ins, attrs, outs):
@@ -652,7 +671,7 @@ CONVERTERS: dict[str, Converter] = {
     "clamp": _clamp,  # Clip with bounds in the result's dtype
     "sigmoid": _unary("Sigmoid"),  # Sigmoid (integers cast to the float result first)
     "tanh": _unary("Tanh"),  # Tanh
-    "gelu": _gelu,  # 0.5x(1 + erf(x / sqrt 2)), or the tanh formula
+    "gelu": _gelu,  # Gelu (opset 20); before, 0.5x(1 + erf(x / sqrt 2)) or the tanh formula
     "silu": _silu,  # x * Sigmoid(x)
     "hardswish": _hardswish,  # x * HardSigmoid(x; 1/6, 1/2)
     "hardsigmoid": _hardsigmoid,  # HardSigmoid(alpha 1/6, beta 1/2) = relu6(x + 3) / 6

@@ -50,6 +50,7 @@ from fxforge.onnx_converters_attention import TABLE as ATTENTION_TABLE
 from fxforge.onnx_converters_index import TABLE as INDEX_TABLE
 from fxforge.onnx_converters_int import TABLE as INT_TABLE
 from fxforge.onnx_converters_nn import TABLE as NN_TABLE
+from fxforge.onnx_converters_patterns import recognize
 from fxforge.onnx_converters_pool import TABLE as POOL_TABLE
 from fxforge.onnx_converters_reduce import TABLE as REDUCE_TABLE
 from fxforge.onnx_converters_resize import TABLE as RESIZE_TABLE
@@ -423,6 +424,7 @@ class _Importer:
             self._check_output(o, v)
             outputs.append(v)
         graph, _ = dce(Graph(tuple(ir_inputs), tuple(ctx.nodes), tuple(outputs)))
+        graph = recognize(graph)  # ops ONNX spells with several nodes (gelu, attention, ...)
         try:
             verify(graph)
         except IRVerificationError as e:

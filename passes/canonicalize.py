@@ -2,8 +2,10 @@
 
 Identities (dropout in inference, clone/contiguous, casts to the same dtype, reshapes/permutes/
 expands/squeezes/slices that change nothing) are dropped, chains of reshapes collapse, and
-`weight * mask` left by `torch.nn.utils.prune` (a product of two constants) is folded, and a
-matmul by a constant 2-D weight becomes a linear layer.
+`weight * mask` left by `torch.nn.utils.prune` (a product of two constants) is folded, a
+matmul by a constant 2-D weight becomes a linear layer, and a constant [N] vector added to a
+bias-less linear becomes its bias; a whole-input average pool is the global one, and GELU written
+as its formula is `gelu` (`formulas.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from fxforge.ir import Graph, Node, Value
 from fxforge.passes.fold_constants import _fold
+from fxforge.passes.formulas import GELU
 from fxforge.passes.rewrite import Rewriter, Rule, rewrite
 
 
@@ -59,6 +62,37 @@ def _matmul_by_constant(node: Node, rw: Rewriter) -> Sequence[Value] | None:
     return rw.emit("linear", [x, transposed], {}, node.provenance).outputs
 
 
+def _linear_bias(node: Node, rw: Rewriter) -> Sequence[Value] | None:
+    """add(linear(x, W), b) with b a constant [N] and the linear's only reader: linear(x, W, b)
+    (`addmm`, and MatMul + Add in ONNX files), so the bias is the kernel's and int8's."""
+    if node.op != "add":
+        return None
+    for y, b in (node.inputs, node.inputs[::-1]):
+        lin = rw.producer(y)
+        if lin is None or lin.op != "linear" or len(lin.inputs) != 2 or rw.use_count(y) != 1:
+            continue
+        if rw.constant(b) is None or b.type.dtype != y.type.dtype or \
+                b.type.shape != (lin.inputs[1].type.shape[0],) or node.output.type != y.type:
+            continue
+        return rw.emit("linear", [*lin.inputs, b], {}, lin.provenance).outputs
+    return None
+
+
+def _whole_window_pool(node: Node, rw: Rewriter) -> Sequence[Value] | None:
+    """avg_pool2d whose one unpadded window covers the whole input (kernel = the input's size,
+    or larger in ceil mode: HF EfficientNet's `AvgPool2d(hidden_dim, ceil_mode=True)`) is the
+    global average, adaptive_avg_pool2d to 1x1 (a window clipped to the input divides by what
+    is there)."""
+    if node.op != "avg_pool2d" or node.attrs["divisor_override"] is not None:
+        return None
+    x = node.inputs[0]
+    if x.type.ndim != 4 or any(node.attrs["padding"]) or node.output.type.shape[2:] != (1, 1):
+        return None
+    if any(k < n for k, n in zip(node.attrs["kernel"], x.type.shape[2:])):
+        return None
+    return rw.emit("adaptive_avg_pool2d", [x], {"output_size": (1, 1)}, node.provenance).outputs
+
+
 def _op(names: str, condition=lambda node: True):
     ops = set(names.split())
     return lambda node: node.op in ops and condition(node)
@@ -70,6 +104,8 @@ RULES = [
     Rule("drop-noop-cast", "a cast to the dtype it already has", _input_if(_op("cast"))),
     Rule("drop-noop-layout", "reshape / expand / squeeze / slice that keep the type",
          _input_if(_op("reshape expand squeeze slice"))),
+    Rule("drop-noop-pad", "a pad by zero on every side",
+         _input_if(_op("pad", lambda n: not any(n.attrs["pads"])))),
     Rule("drop-noop-permute", "permute by the identity permutation",
          _input_if(_op("permute", lambda n: list(n.attrs["dims"]) == sorted(n.attrs["dims"])))),
     Rule("reshape-chain", "reshape(reshape(x)) is one reshape", _reshape_chain),
@@ -77,6 +113,11 @@ RULES = [
          _fold_const_product),
     Rule("matmul-to-linear", "x @ W with a constant W [K, N] is linear(x, W.T)",
          _matmul_by_constant),
+    Rule("linear-bias", "add(linear(x, W), b) with a constant b [N] is linear(x, W, b)",
+         _linear_bias),
+    Rule("whole-window-pool", "avg_pool2d of one window over the whole input is the global "
+         "average", _whole_window_pool),
+    GELU,
 ]
 
 

@@ -130,6 +130,27 @@ def test_every_op_but_torch_op_has_a_converter_and_a_test():
     assert set(ops.OPS) - covered - quantized == {"const", "torch_op"}
 
 
+def test_integer_exponents_and_clamped_slice_ends_are_written_as_the_ir_has_them():
+    # x ** 2 keeps its int64 exponent (ONNX's Pow takes it as is), a stepped slice to the end
+    # keeps its end: so importing the file gives the same IR back (tests/test_onnx_models.py)
+    graph = fxforge.parse_ir("""
+    graph(%x: f32[2,10]) {
+      %two = const i64[] [2]
+      %p = pow %x, %two : f32[2,10]
+      %s = slice[dim=1, start=0, end=10, step=2] %p : f32[2,5]
+      return %s
+    }""")
+    x = np.random.default_rng(3).standard_normal((2, 10)).astype(np.float32)
+    model = export_onnx(graph)
+    pow_node = next(n for n in model.graph.node if n.op_type == "Pow")
+    exponent = next(i for i in model.graph.initializer if i.name == pow_node.input[1])
+    assert exponent.data_type == onnx.TensorProto.INT64
+    slice_node = next(n for n in model.graph.node if n.op_type == "Slice")
+    ends = next(i for i in model.graph.initializer if i.name == slice_node.input[2])
+    assert onnx.numpy_helper.to_array(ends).tolist() == [10]
+    _assert_close(_run(model, [x])[0], run_reference(graph, [x])[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Quantized ops
 

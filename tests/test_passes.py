@@ -90,6 +90,94 @@ def test_canonicalize_turns_a_matmul_by_a_constant_into_a_linear():
                                run_reference(parse_ir(text), inputs)[0], rtol=1e-6, atol=1e-6)
 
 
+def test_canonicalize_folds_a_constant_vector_into_a_bias_less_linear():
+    # addmm(bias, x, W) captures as matmul + add: the add becomes the linear's bias
+    text = """
+    graph(%x: f32[3,2]) {
+      %w = const f32[2,2] [1.0, 2.0, 3.0, 4.0]
+      %b = const f32[2] [0.5, -0.5]
+      %m = linear %x, %w : f32[3,2]
+      %y = add %b, %m : f32[3,2]
+      return %y
+    }"""
+    after, stats = run_pass("canonicalize", text)
+    _assert_ir(after, """
+    graph(%0: f32[3,2]) {
+      %1 = const f32[2,2] [1.0, 2.0, 3.0, 4.0]
+      %2 = const f32[2] [0.5, -0.5]
+      %3 = linear %0, %1, %2 : f32[3,2]
+      return %3
+    }""")
+    assert stats == {"linear-bias": 1}
+
+
+def test_canonicalize_leaves_an_add_that_is_not_a_bias():
+    text = """
+    graph(%x: f32[3,2]) {
+      %w = const f32[2,2] [1.0, 2.0, 3.0, 4.0]
+      %b = const f32[3,1] [0.5, -0.5, 1.0]
+      %m = linear %x, %w : f32[3,2]
+      %y = add %m, %b : f32[3,2]
+      %z = add %m, %y : f32[3,2]
+      return %z
+    }"""
+    after, stats = run_pass("canonicalize", text)
+    assert after == parse_ir(text) and stats == {}
+
+
+def test_canonicalize_drops_a_zero_pad_and_makes_a_whole_window_pool_global():
+    # HF EfficientNet pools with AvgPool2d(hidden_dim, ceil_mode=True) on a 2x2 map
+    pool = ("avg_pool2d[kernel=[5, 5], stride=[5, 5], padding=[0, 0], ceil_mode=true, "
+            "count_include_pad=true, divisor_override=none]")
+    after, stats = run_pass("canonicalize", f"""
+    graph(%x: f32[1,3,2,2]) {{
+      %p = pad[pads=[0, 0, 0, 0], mode="constant", value=0.0] %x : f32[1,3,2,2]
+      %y = {pool} %p : f32[1,3,1,1]
+      return %y
+    }}""")
+    _assert_ir(after, """
+    graph(%0: f32[1,3,2,2]) {
+      %1 = adaptive_avg_pool2d[output_size=[1, 1]] %0 : f32[1,3,1,1]
+      return %1
+    }""")
+    assert stats == {"drop-noop-pad": 1, "whole-window-pool": 1}
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_canonicalize_recognizes_gelu_written_as_its_formula(approximate):
+    # GPT-2's NewGELUActivation: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
+    if approximate == "none":
+        inner = """
+      %c = const f32[] [0.7071067690849304]
+      %u = mul %x, %c : f32[2,3]
+      %t = erf %u : f32[2,3]"""
+    else:
+        inner = """
+      %k = const f32[] [0.044715]
+      %three = const f32[] [3.0]
+      %s = const f32[] [0.7978845834732056]
+      %x3 = pow %x, %three : f32[2,3]
+      %kx3 = mul %k, %x3 : f32[2,3]
+      %in = add %x, %kx3 : f32[2,3]
+      %u = mul %s, %in : f32[2,3]
+      %t = tanh %u : f32[2,3]"""
+    after, stats = run_pass("canonicalize", f"""
+    graph(%x: f32[2,3]) {{
+      %half = const f32[] [0.5]
+      %one = const f32[] [1.0]{inner}
+      %p = add %one, %t : f32[2,3]
+      %h = mul %half, %x : f32[2,3]
+      %y = mul %h, %p : f32[2,3]
+      return %y
+    }}""")
+    _assert_ir(after, f"""
+    graph(%0: f32[2,3]) {{
+      %1 = gelu[approximate="{approximate}"] %0 : f32[2,3]
+      return %1
+    }}""")
+    assert stats == {"gelu": 1}
+
+
 def test_fold_constants_folds_sources_but_not_opaque_or_growing_nodes():
     after, stats = run_pass("fold-constants", """
     graph(%x: f32[4]) {
