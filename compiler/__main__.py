@@ -230,13 +230,20 @@ def _quant_options(args: argparse.Namespace, zoo_name: str | None, inputs: tuple
     return options
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+def compile_spec(args: argparse.Namespace) -> tuple[Any, Any, tuple]:
+    """(compiled, model, inputs) for the CLI's SPEC, --target, --input and int8 options (zoo
+    models calibrate on their own data); shared by `compile` and `export`."""
     model, example = load_spec(args.spec, args.batch)
     inputs = _inputs(args, example)
     name = args.spec.removeprefix("zoo:")
     zoo_name = name if args.spec.startswith("zoo:") and name in zoo.ZOO else None
     compiled = fx_compile(model, args.target, example_inputs=inputs, passes=args.passes,
                           debug=_debug(args), **_quant_options(args, zoo_name, inputs))
+    return compiled, model, inputs
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    compiled, model, inputs = compile_spec(args)
     _summarize(compiled, model, inputs, args.repeats)
     if args.save:
         print(f"\nsaved to {compiled.save(args.save)} (fxforge inspect / fxforge.load)")

@@ -71,17 +71,9 @@ def load_onnx_spec(spec: str, batch: int) -> tuple[Any, tuple]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fxforge.__main__ import _debug, _inputs, _quant_options, load_spec
-    from fxforge.api import compile as fx_compile
+    from fxforge.__main__ import compile_spec
 
-    model, example = load_spec(args.spec, args.batch)
-    inputs = _inputs(args, example)
-    name = args.spec.removeprefix("zoo:")
-    from fxforge import zoo
-
-    zoo_name = name if args.spec.startswith("zoo:") and name in zoo.ZOO else None
-    compiled = fx_compile(model, args.target, example_inputs=inputs, passes=args.passes,
-                          debug=_debug(args), **_quant_options(args, zoo_name, inputs))
+    compiled, _, inputs = compile_spec(args)
     compiled.export_onnx(args.output)
     graph = compiled.graph
     quantized = sum(n.op in ("qlinear", "qconv2d") for n in graph.nodes)
