@@ -4,17 +4,23 @@ Both walk the nodes in order, hand each op its inputs and attributes, and hold t
 node's declared type: a wrong shape is an error naming the node (it means an op's inference and
 its implementation disagree), a different dtype is converted (numpy and torch promote
 differently; the declared dtype is torch's). Values are dropped after their last use.
+
+A graph with symbolic dims (`fxforge.symdims`) runs as the static graph of its inputs' sizes:
+the symbols are bound from the input shapes (checked against their ranges) and substituted, and
+that static graph is cached per binding. A static graph takes the same path as ever.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from fxforge import dtypes, ops
+from fxforge import dtypes, ops, symdims
 from fxforge.errors import ExecutionError
 from fxforge.ir import Graph, Node, Value
 from fxforge.kernels.torch_backend import DEVICE_AWARE_OPS, TORCH_IMPLS, TORCH_PREPARE
@@ -64,6 +70,8 @@ def run_reference(graph: Graph, inputs: Sequence[np.ndarray],
     `observe(name, array)`, given, sees every input and node result (constants too) as it is
     made; the arrays are the interpreter's own, not to be changed."""
     _check_inputs(graph, inputs)
+    if graph.symbolic:
+        graph = symdims.specialize(graph, symdims.bind(graph, [np.shape(x) for x in inputs]))
     env: dict[str, np.ndarray] = {
         v.name: np.asarray(x).astype(dtypes.to_numpy(v.type.dtype), copy=False)
         for v, x in zip(graph.inputs, inputs)}
@@ -114,12 +122,21 @@ class TorchProgram:
         self.constants: dict[str, torch.Tensor] = {}
         self.steps: list[tuple[Node, Any, dict, list[str], torch.dtype | tuple]] = []
         self._fast: Callable[..., list[torch.Tensor]] | None = None  # see __call__
-        for node, expired in zip(graph.nodes, _last_uses(graph)):
+        # symbolic dims: binding -> the program of that static graph (see _variant)
+        self._variants: dict[tuple, TorchProgram] | None = {} if graph.symbolic else None
+        self._variants_lock = threading.Lock()
+        for node in graph.nodes:
             if node.op == "const":
                 array = node.attrs["value"].array
                 if array is None:
                     raise ExecutionError(f"{node.describe()}: constant data was elided")
                 self.constants[node.output.name] = torch.from_numpy(np.array(array)).to(device)
+        if self._variants is None:
+            self._lower_all()
+
+    def _lower_all(self) -> None:
+        for node, expired in zip(self.graph.nodes, _last_uses(self.graph)):
+            if node.op == "const":
                 continue
             out_dtypes = tuple(dtypes.to_torch(v.type.dtype) for v in node.outputs)
             fn, attrs = self.lower(node)
@@ -151,6 +168,8 @@ class TorchProgram:
                 return self._fast(*inputs)
             except Exception:  # noqa: BLE001 - the loop below says where, or succeeds
                 pass
+        if self._variants is not None:
+            return self._variant(inputs)(inputs, observe)
         casts: set[tuple[int, int]] | None = set() if observe is None and self._fast is None \
             else None
         outs = self._interpret(inputs, observe, casts)
@@ -159,6 +178,30 @@ class TorchProgram:
 
             self._fast = generate(self.graph, self.constants, self.steps, casts)
         return outs
+
+    VARIANTS = 16  # static programs kept per symbolic program, most recent first
+
+    def _variant(self, inputs: Sequence[torch.Tensor]) -> TorchProgram:
+        """The program of the static graph for these inputs' sizes (made on first use; it
+        shares this program's device constants)."""
+        _check_inputs(self.graph, inputs)
+        values = symdims.bind(self.graph, [tuple(x.shape) for x in inputs])
+        key = tuple(sorted(values.items()))
+        variants = self._variants
+        with self._variants_lock:  # callers may share one program across threads
+            program = variants.pop(key, None)
+            if program is not None:
+                variants[key] = program
+                return program
+        program = copy.copy(self)
+        program.graph = symdims.specialize(self.graph, values)
+        program.steps, program._fast, program._variants = [], None, None
+        program._lower_all()
+        with self._variants_lock:
+            while len(variants) >= self.VARIANTS:
+                variants.pop(next(iter(variants)))
+            variants[key] = program
+        return program
 
     def _interpret(self, inputs: Sequence[torch.Tensor],
                    observe: Callable[[str, torch.Tensor], None] | None,

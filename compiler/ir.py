@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fxforge import dtypes
+from fxforge import dtypes, symdims
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,21 @@ class QuantParams:
 
 @dataclass(frozen=True)
 class TensorType:
+    """A dim is an int or a symbolic size (`fxforge.symdims`), kept in canonical form."""
+
     shape: tuple[int, ...]
     dtype: str
     quant: QuantParams | None = None
 
     def __post_init__(self) -> None:
         dtypes.check(self.dtype)
-        shape = tuple(int(d) for d in self.shape)
-        if any(d < 0 for d in shape):
-            raise ValueError(f"negative dimension in shape {shape}")
+        try:
+            shape = tuple(int(d) for d in self.shape)  # the static fast path
+        except TypeError:  # a symbolic dim (int() of a sympy symbol raises TypeError)
+            shape = tuple(_dim(d) for d in self.shape)
+        else:
+            if any(d < 0 for d in shape):
+                raise ValueError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
 
     @property
@@ -53,12 +59,25 @@ class TensorType:
 
     @property
     def numel(self) -> int:
-        return math.prod(self.shape)
+        """The element count: an int, or an expression for a symbolic shape."""
+        n = math.prod(self.shape)
+        return n if type(n) is int else symdims.normalize(n)
+
+    @property
+    def is_static(self) -> bool:
+        return symdims.is_static(self.shape)
 
     def __str__(self) -> str:
         from fxforge.printer import format_type
 
         return format_type(self)
+
+
+def _dim(d: Any) -> Any:
+    try:
+        return symdims.normalize(d)
+    except (TypeError, ArithmeticError) as e:  # OpTypeError is a TypeError
+        raise ValueError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -168,6 +187,10 @@ def canonical_attr(value: Any) -> Any:
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str, ConstData)):
         return value
+    if symdims.is_sym(value):  # a symbolic size (a reshape target, a slice bound, ...)
+        if value.is_Integer:
+            return int(value)
+        return symdims.normalize_attr(value)
     raise TypeError(f"attribute value of type {type(value).__name__} is not allowed: {value!r}")
 
 
@@ -224,13 +247,22 @@ class Node:
 
 @dataclass(frozen=True)
 class Graph:
+    """`dims` declares the symbols of symbolic dims with their ranges (`symdims.DimRange`);
+    a static graph has none."""
+
     inputs: tuple[Value, ...]
     nodes: tuple[Node, ...]
     outputs: tuple[Value, ...]
+    dims: tuple[symdims.DimRange, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("inputs", "nodes", "outputs"):
+        for name in ("inputs", "nodes", "outputs", "dims"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @cached_property
+    def symbolic(self) -> bool:
+        """Whether a type or an attribute holds a symbolic dim (computed once)."""
+        return bool(symdims.symbols_of(self))
 
     def __str__(self) -> str:
         from fxforge.printer import print_graph

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fxforge import dtypes
+from fxforge import dtypes, symdims
 from fxforge.ir import Attrs, ConstData, Node, Provenance, TensorType, Value
 from fxforge.kernels import reference as ref
 from fxforge.shapes import (
@@ -42,11 +42,14 @@ Types = Sequence[TensorType]
 
 @dataclass(frozen=True)
 class AttrSpec:
-    """kind: int, float, bool, str, dtype, ints (tuple of int), any; `optional` admits None."""
+    """kind: int, float, bool, str, dtype, ints (tuple of int), any; `optional` admits None;
+    `symbolic` admits symbolic sizes (`fxforge.symdims`) where an int (or float) goes: a
+    reshape target, slice bounds, split sizes, pads, arange bounds."""
 
     kind: str
     default: Any = REQUIRED
     optional: bool = False
+    symbolic: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class OpRegistryError(KeyError):
 def _check_attr(op: str, name: str, spec: AttrSpec, value: Any) -> None:
     if value is None and spec.optional:
         return
+    if spec.symbolic and _symbolic_attr_ok(spec.kind, value):
+        return
     ok = {
         "int": is_int,
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -86,6 +91,14 @@ def _check_attr(op: str, name: str, spec: AttrSpec, value: Any) -> None:
     if not ok:
         what = "an int64" if spec.kind == "int" else f"a valid {spec.kind}"
         raise OpTypeError(f"{op}: attribute {name}={clip(value, use_repr=True)} is not {what}")
+
+
+def _symbolic_attr_ok(kind: str, value: Any) -> bool:
+    if kind in ("int", "float"):
+        return symdims.is_sym(value)
+    if kind == "ints" and isinstance(value, tuple):
+        return all(is_int(x) or symdims.is_sym(x) for x in value)
+    return False
 
 
 def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> Attrs:
@@ -123,7 +136,12 @@ def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...
         raise OpTypeError(f"{opdef.name} takes {want} inputs, got {n}")
     if opdef.infer is None:
         raise OpTypeError(f"{opdef.name} has no type inference; its types must be given")
-    types = tuple(opdef.infer(ins, attrs))
+    try:
+        types = tuple(opdef.infer(ins, attrs))
+    except TypeError as e:  # a rule comparing symbolic sizes that it cannot decide
+        if isinstance(e, OpTypeError) or not _any_symbolic(ins, attrs):
+            raise
+        raise OpTypeError(f"{opdef.name} needs static sizes here ({clip(e, 120)})") from None
     for k, t in enumerate(types):  # attributes can ask for absurd sizes (arange, full, padding)
         try:
             check_shape(t.shape)
@@ -132,6 +150,10 @@ def infer_types(opdef: OpDef, ins: Types, attrs: Attrs) -> tuple[TensorType, ...
     if opdef.name in QUANT_TRANSPARENT:
         types = _pass_quant(opdef.name, ins, types)
     return types
+
+
+def _any_symbolic(ins: Types, attrs: Attrs) -> bool:
+    return any(not t.is_static for t in ins) or bool(symdims.symbols_of(attrs))
 
 
 # Ops that only move or select elements run on int8 values unchanged and keep their input's
@@ -317,6 +339,12 @@ def _topk(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x, k = ins[0], attrs["k"]
     d = norm_dim(attrs["dim"], x.ndim)
     size = x.shape[d] if x.ndim else 1
+    if type(size) is not int:  # k is static; the dim must provably hold k elements
+        fits = k >= 0 and symdims.known_ge(size, k)
+        if fits is None:
+            raise OpTypeError(f"topk needs a static size for dim {d} "
+                              f"({symdims.format_dim(size)} may be less than k={k})")
+        size = k if fits else -1
     if not (0 <= k <= size) or (x.ndim == 0 and k != 1):
         raise OpTypeError(f"topk: k={k} is out of range for dim {d} of {list(x.shape)}")
     shape = x.shape[:d] + (k,) + x.shape[d + 1:] if x.ndim else ()
@@ -400,7 +428,9 @@ def _conv2d(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     _pair(attrs, "stride", "padding", "dilation")
     g = attrs["groups"]
     n, c, h, wd = x.shape
-    cout, cin_g, kh, kw = w.shape
+    c = symdims.static(c, "conv2d", "the input channels (dim 1)")
+    cout, cin_g, kh, kw = (symdims.static(d, "conv2d", f"weight dim {i}")
+                           for i, d in enumerate(w.shape))
     if g < 1 or c % g or cout % g or c // g != cin_g:
         raise OpTypeError(f"conv2d: input channels {c}, groups {g} and weight {list(w.shape)} "
                           "do not agree")
@@ -421,8 +451,9 @@ def _conv2d_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int
 def _linear(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x, w = ins[0], ins[1]
     _need_rank(w, 2, "linear weight")
-    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
-        raise OpTypeError(f"linear: input {list(x.shape)} does not match weight {list(w.shape)}")
+    if x.ndim < 1 or not symdims.equal(x.shape[-1], w.shape[1]):
+        raise OpTypeError(f"linear: input {symdims.show(list(x.shape))} does not match weight "
+                          f"{symdims.show(list(w.shape))}")
     if len(ins) == 3 and ins[2].shape != (w.shape[0],):
         raise OpTypeError(f"linear bias must have shape [{w.shape[0]}], got {list(ins[2].shape)}")
     _one_dtype("linear", ins[:2])
@@ -456,7 +487,7 @@ def _batch_norm(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 def _layer_norm(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x, w, b = ins
     k = w.ndim
-    if w.shape != b.shape or k == 0 or x.shape[x.ndim - k:] != w.shape:
+    if w.shape != b.shape or k == 0 or not symdims.same_shape(x.shape[x.ndim - k:], w.shape):
         raise OpTypeError(f"layer_norm: weight {list(w.shape)} / bias {list(b.shape)} do not "
                           f"match the trailing dims of {list(x.shape)}")
     return _float_only(ins, attrs)
@@ -509,9 +540,10 @@ def _cat(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     first = ins[0]
     dim = _dim_of(first, attrs["dim"], "cat")
     for t in ins[1:]:
-        if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape))
-                                       if i != dim):
-            raise OpTypeError(f"cat along dim {dim}: shapes {[list(t.shape) for t in ins]} differ")
+        if t.ndim != first.ndim or any(not symdims.equal(a, b) for i, (a, b)
+                                       in enumerate(zip(t.shape, first.shape)) if i != dim):
+            raise OpTypeError(f"cat along dim {dim}: shapes "
+                              f"{symdims.show([list(t.shape) for t in ins])} differ")
     shape = list(first.shape)
     shape[dim] = sum(t.shape[dim] for t in ins)
     dtype = dtypes.promote([(t.dtype, max(t.ndim, 1)) for t in ins])
@@ -521,8 +553,11 @@ def _cat(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 def _split(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
     dim = _dim_of(x, attrs["dim"], "split")
-    if any(s < 0 for s in attrs["sizes"]) or sum(attrs["sizes"]) != x.shape[dim]:
-        raise OpTypeError(f"split sizes {attrs['sizes']} do not sum to {x.shape[dim]}")
+    sizes = attrs["sizes"]
+    if any(type(s) is int and s < 0 or symdims.is_sym(s) and s.is_negative for s in sizes) \
+            or not symdims.equal(sum(sizes), x.shape[dim]):
+        raise OpTypeError(f"split sizes {symdims.show(sizes)} do not sum to "
+                          f"{symdims.show(x.shape[dim])}")
     return tuple(TensorType(x.shape[:dim] + (s,) + x.shape[dim + 1:], x.dtype)
                  for s in attrs["sizes"])
 
@@ -534,16 +569,63 @@ def slice_bounds(size: int, start: int, end: int, step: int) -> range:
     return range(size)[slice(start, end, step)]
 
 
+def slice_length_symbolic(size: Any, start: Any, end: Any, step: int) -> Any:
+    """The length of x[start:end:step] along a dim when the size or a bound is symbolic:
+    torch's clamping (negative bounds count from the end, bounds past the size stop there),
+    each decided for every value of the symbols, else the slice needs a static size."""
+    if step < 1:
+        raise OpTypeError(f"slice step must be positive, got {step}")
+
+    def clamp(bound: Any, what: str) -> Any:
+        if type(bound) is int and abs(bound) >= MAX_NUMEL:  # past any dim the IR can hold
+            return size if bound > 0 else 0
+        if type(bound) is int and bound < 0:
+            bound = size + bound
+            if symdims.known_ge(bound, 0) is not True:
+                if symdims.known_ge(bound, 0) is False:
+                    return 0
+                raise OpTypeError(f"slice needs a static size: {what} "
+                                  f"{symdims.format_dim(bound)} may be negative")
+        elif type(bound) is not int and symdims.known_ge(bound, 0) is not True:
+            raise OpTypeError(f"slice needs a static size: {what} {symdims.format_dim(bound)} "
+                              "may be negative (counting from the end)")
+        fits = symdims.known_ge(size, bound)
+        if fits is None:
+            raise OpTypeError(f"slice needs a static size for the sliced dim: {what} "
+                              f"{symdims.format_dim(bound)} may be past its size "
+                              f"{symdims.format_dim(size)}")
+        return bound if fits else size
+
+    lo, hi = clamp(start, "start"), clamp(end, "end")
+    order = symdims.known_ge(hi, lo)
+    if order is None:
+        raise OpTypeError(f"slice needs a static size: end {symdims.format_dim(hi)} may be "
+                          f"before start {symdims.format_dim(lo)}")
+    return symdims.normalize(symdims.ceildiv(hi - lo, step)) if order else 0
+
+
 def _slice(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
     dim = _dim_of(x, attrs["dim"], "slice")
-    n = len(slice_bounds(x.shape[dim], attrs["start"], attrs["end"], attrs["step"]))
+    size, start, end, step = x.shape[dim], attrs["start"], attrs["end"], attrs["step"]
+    if type(size) is int and type(start) is int and type(end) is int:
+        n = len(slice_bounds(size, start, end, step))
+    else:
+        n = slice_length_symbolic(size, start, end, step)
     return (TensorType(x.shape[:dim] + (n,) + x.shape[dim + 1:], x.dtype),)
 
 
 def _select(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
     dim = _dim_of(x, attrs["dim"], "select")
+    size, index = x.shape[dim], attrs["index"]
+    if type(size) is not int:
+        inside = symdims.known_ge(size, index + 1 if index >= 0 else -index)
+        if inside is None:
+            raise OpTypeError(f"select needs a static size for dim {dim}: index {index} may "
+                              f"be out of range for {symdims.format_dim(size)}")
+        if inside:
+            return (TensorType(x.shape[:dim] + x.shape[dim + 1:], x.dtype),)
     if not -x.shape[dim] <= attrs["index"] < x.shape[dim]:
         raise OpTypeError(f"select index {attrs['index']} out of range for size {x.shape[dim]}")
     return (TensorType(x.shape[:dim] + x.shape[dim + 1:], x.dtype),)
@@ -558,6 +640,9 @@ def _unsqueeze(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
 def _squeeze(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     x = ins[0]
     dims = norm_dims(attrs["dims"], x.ndim)
+    for i in dims:  # a symbolic dim may be 1 for some sizes: the result's rank would vary
+        if i < x.ndim:
+            symdims.static(x.shape[i], "squeeze", f"dim {i}")
     return (TensorType(tuple(d for i, d in enumerate(x.shape) if not (i in dims and d == 1)),
                        x.dtype),)
 
@@ -570,11 +655,12 @@ def _expand(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     out = list(shape)
     for i, d in enumerate(x.shape):
         want = shape[lead + i]
-        if want == -1:
+        if type(want) is int and want == -1:
             out[lead + i] = d
-        elif d != 1 and d != want:
-            raise OpTypeError(f"cannot expand {list(x.shape)} to {list(shape)}")
-    if any(d < 0 for d in out):
+        elif d != 1 and not symdims.equal(d, want):
+            raise OpTypeError(f"cannot expand {symdims.show(list(x.shape))} to "
+                              f"{symdims.show(list(shape))}")
+    if any(type(d) is int and d < 0 for d in out):
         raise OpTypeError(f"expand target {list(shape)} has -1 in a new dimension")
     return (TensorType(tuple(out), x.dtype),)
 
@@ -592,7 +678,8 @@ def _gather(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     dim = norm_dim(attrs["dim"], x.ndim)
     if index.ndim != x.ndim or dtypes.category(index.dtype) != 1:
         raise OpTypeError("gather index must be an integer tensor of the input's rank")
-    if any(i != dim and n > m for i, (n, m) in enumerate(zip(index.shape, x.shape))):
+    if any(i != dim and symdims.known_ge(m, n) is not True
+           for i, (n, m) in enumerate(zip(index.shape, x.shape))):
         raise OpTypeError(f"gather index {list(index.shape)} is larger than the input "
                           f"{list(x.shape)} in a dim other than {dim}")
     return (TensorType(index.shape, x.dtype),)
@@ -627,8 +714,9 @@ def _pad(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     if len(pads) % 2 or k > x.ndim:
         raise OpTypeError(f"pad: {len(pads)} pads for a rank-{x.ndim} input; it takes one "
                           "(before, after) pair per padded dim")
-    if any(p < 0 for p in pads):
-        raise OpTypeError(f"pad: negative pads {pads} (cropping) are not supported")
+    if any(type(p) is int and p < 0 or symdims.is_sym(p) and p.is_negative for p in pads):
+        raise OpTypeError(f"pad: negative pads {symdims.show(pads)} (cropping) are not "
+                          "supported")
     shape = list(x.shape)
     for i in range(k):
         shape[x.ndim - 1 - i] += pads[2 * i] + pads[2 * i + 1]
@@ -658,6 +746,8 @@ def _check_edge_pad(x: TensorType, pads: tuple[int, ...], mode: str) -> None:
     two leading (batch, channel) dims, all but the batch dim nonempty; reflect repeats no edge,
     so each pad must be smaller than its dim."""
     k = len(pads) // 2
+    for p in pads:
+        symdims.static(p, f"pad mode {mode!r}", "its pads")
     if k not in (1, 2, 3) or x.ndim not in (k + 1, k + 2):
         raise OpTypeError(f"pad mode {mode!r} pads 1 to 3 trailing dims of an input with 1 or 2 "
                           f"more dims, got {k} padded dims of a rank-{x.ndim} input")
@@ -667,6 +757,13 @@ def _check_edge_pad(x: TensorType, pads: tuple[int, ...], mode: str) -> None:
         raise OpTypeError(f"pad mode {mode!r} has no bool kernel in torch")
     for i in range(k):
         size = x.shape[x.ndim - 1 - i]
+        if type(size) is not int and mode == "reflect":
+            fits = symdims.known_ge(size, max(pads[2 * i], pads[2 * i + 1]) + 1)
+            if fits is None:
+                raise OpTypeError(f"pad mode 'reflect' needs a static size for dim "
+                                  f"{x.ndim - 1 - i} ({symdims.format_dim(size)} may be no "
+                                  f"larger than its pads)")
+            size = max(pads[2 * i], pads[2 * i + 1]) + (1 if fits else 0)
         if mode == "reflect" and max(pads[2 * i], pads[2 * i + 1]) >= size:
             raise OpTypeError(f"reflect pads {pads[2 * i:2 * i + 2]} must be smaller than the "
                               f"dim of size {size}")
@@ -676,8 +773,10 @@ def _sdpa(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     q, k, v = ins[:3]
     if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
         raise OpTypeError("scaled_dot_product_attention needs q, k, v of the same rank >= 2")
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise OpTypeError(f"attention shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} "
+    if not symdims.equal(q.shape[-1], k.shape[-1]) or not symdims.equal(k.shape[-2],
+                                                                          v.shape[-2]):
+        raise OpTypeError(f"attention shapes q{symdims.show(list(q.shape))} "
+                          f"k{symdims.show(list(k.shape))} v{symdims.show(list(v.shape))} "
                           "do not agree")
     batch = broadcast(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     if len(ins) == 4:
@@ -695,6 +794,8 @@ def _sdpa_flops(ins: Types, outs: tuple[TensorType, ...], attrs: Attrs) -> int:
 
 def _arange(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     start, end, step, dtype = (attrs[k] for k in ("start", "end", "step", "dtype"))
+    if symdims.is_sym(start) or symdims.is_sym(end):
+        return (TensorType((_arange_length_symbolic(start, end, step),), dtype),)
     if not all(math.isfinite(v) for v in (start, end, step)):
         raise OpTypeError(f"arange bounds must be finite, got {start}, {end}, {step}")
     if not dtypes.is_float(dtype):
@@ -707,6 +808,26 @@ def _arange(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     if step == 0:
         raise OpTypeError("arange step must be nonzero")
     return (TensorType((_arange_length(start, end, step),), dtype),)
+
+
+def _arange_length_symbolic(start: Any, end: Any, step: Any) -> Any:
+    """ceil((end - start) / step) with a symbolic bound: the static bound and the step must be
+    whole numbers (as a size computed from a shape is), and end >= start for every size."""
+    parts = []
+    for name, v in (("start", start), ("end", end), ("step", step)):
+        if not symdims.is_sym(v):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and float(v).is_integer()):
+                raise OpTypeError(f"arange with a symbolic bound needs a whole {name}, got {v}")
+            v = int(v)
+        parts.append(v)
+    start, end, step = parts
+    if type(step) is not int or step < 1:
+        raise OpTypeError(f"arange with a symbolic bound needs a static step >= 1, got {step}")
+    order = symdims.known_ge(end, start)
+    if order is None:
+        raise OpTypeError(f"arange needs a static size: end {symdims.format_dim(end)} may be "
+                          f"below start {symdims.format_dim(start)}")
+    return symdims.normalize(symdims.ceildiv(end - start, step)) if order else 0
 
 
 def _arange_length(start: float, end: float, step: float) -> int:
@@ -723,8 +844,9 @@ def _arange_length(start: float, end: float, step: float) -> int:
 
 
 def _full(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
-    if any(d < 0 for d in attrs["shape"]):
-        raise OpTypeError(f"full shape {attrs['shape']} has a negative dimension")
+    if any(type(d) is int and d < 0 or symdims.is_sym(d) and d.is_negative
+           for d in attrs["shape"]):
+        raise OpTypeError(f"full shape {symdims.show(attrs['shape'])} has a negative dimension")
     return (TensorType(attrs["shape"], attrs["dtype"]),)
 
 
@@ -800,7 +922,7 @@ def epilogue_types(base: TensorType, ins: Types, epilogue: Any) -> list[TensorTy
             raise OpTypeError(f"{where}: {opdef.name} takes {opdef.min_inputs} inputs; an "
                               "epilogue step takes the accumulator and at most one operand")
         (out,) = infer_types(opdef, args, attrs)
-        if out.shape != base.shape:
+        if not symdims.same_shape(out.shape, base.shape):
             raise OpTypeError(f"{where}: {opdef.name} gives shape {list(out.shape)}; an epilogue "
                               f"must keep the shape {list(base.shape)}")
         types.append(out)
@@ -1015,14 +1137,15 @@ _DECLS: list[OpDef] = [
         output_size=AttrSpec("ints")),
     # layout
     _op("reshape", 1, _reshape, ref.reshape, "layout", "Reshape (view, flatten, _unsafe_view).",
-        shape=AttrSpec("ints")),
+        shape=AttrSpec("ints", symbolic=True)),
     _op("permute", 1, _permute, ref.permute, "layout", "Permute dims (transpose, t, mT).",
         dims=AttrSpec("ints")),
     _op("cat", (1, None), _cat, ref.cat, "layout", "Concatenate along dim.", dim=AttrSpec("int")),
     _op("split", 1, _split, ref.split, "layout", "Split into pieces of `sizes` along dim (chunk).",
-        sizes=AttrSpec("ints"), dim=AttrSpec("int")),
+        sizes=AttrSpec("ints", symbolic=True), dim=AttrSpec("int")),
     _op("slice", 1, _slice, ref.slice, "layout", "x[start:end:step] along dim, torch's clamping.",
-        dim=AttrSpec("int"), start=AttrSpec("int"), end=AttrSpec("int"), step=AttrSpec("int", 1)),
+        dim=AttrSpec("int"), start=AttrSpec("int", symbolic=True),
+        end=AttrSpec("int", symbolic=True), step=AttrSpec("int", 1)),
     _op("select", 1, _select, ref.select, "layout", "x[index] along dim, removing it.",
         dim=AttrSpec("int"), index=AttrSpec("int")),
     _op("unsqueeze", 1, _unsqueeze, ref.unsqueeze, "layout", "Insert a size-1 dim.",
@@ -1030,17 +1153,19 @@ _DECLS: list[OpDef] = [
     _op("squeeze", 1, _squeeze, ref.squeeze, "layout", "Drop the named dims that have size 1.",
         dims=AttrSpec("ints")),
     _op("expand", 1, _expand, ref.expand, "layout", "Broadcast to shape (-1 keeps a dim).",
-        shape=AttrSpec("ints")),
+        shape=AttrSpec("ints", symbolic=True)),
     _op("pad", 1, _pad, ref.pad, "layout",
         "F.pad: pads lists (before, after) pairs from the last dim backwards; mode constant "
         "(fills value), reflect (mirrors without the edge) or replicate (repeats the edge).",
-        pads=AttrSpec("ints"), mode=AttrSpec("str", "constant"), value=AttrSpec("float", 0.0)),
+        pads=AttrSpec("ints", symbolic=True), mode=AttrSpec("str", "constant"),
+        value=AttrSpec("float", 0.0)),
     # sources
     _op("arange", 0, _arange, ref.arange, "source", "[start, end) by step.",
-        start=AttrSpec("float"), end=AttrSpec("float"), step=AttrSpec("float", 1.0),
+        start=AttrSpec("float", symbolic=True), end=AttrSpec("float", symbolic=True),
+        step=AttrSpec("float", 1.0),
         dtype=AttrSpec("dtype")),
     _op("full", 0, _full, ref.full, "source", "A tensor of shape filled with value (zeros, ones).",
-        shape=AttrSpec("ints"), value=AttrSpec("float"), dtype=AttrSpec("dtype")),
+        shape=AttrSpec("ints", symbolic=True), value=AttrSpec("float"), dtype=AttrSpec("dtype")),
     # fused (made by the fuse pass; see `epilogue_types` and `_fused_elementwise_types`)
     _op("fused_conv2d", (2, None), _last_stage("fused_conv2d"), ref.fused_conv2d, "compute",
         "conv2d, then an epilogue of elementwise steps. Inputs: x, weight, bias (if has_bias), "

@@ -10,6 +10,15 @@ Grammar (one statement per line)::
       return %a, %b
     }
 
+Symbolic dims (`fxforge.symdims`): the header may declare symbols with their ranges after the
+inputs, `graph(%x: f32[B,3,32,32], %m: i64[B,S]) dims(B: 1..128, S: 8..512 %8) {`, that is
+`NAME: MIN..MAX` and optionally `%M` (the value must be a multiple of M). A dim in a type, and an
+integer attribute that is a size (reshape/expand/full shapes, slice bounds, split sizes, pads,
+arange bounds), may then be an expression of declared names: integers, `+`, `-`, `*`, `//` by a
+positive integer constant and parentheses (`B*S`, `S - 1`, `(S + 1)//2`). A name that is not
+declared is an error at its column; expressions are read by `fxforge.symdims`' own small
+parser (never eval or sympify), bounded in length and nesting.
+
 Attribute values: integers, floats (`1.0`, `1e-05`, `nan`, `inf`), `true`/`false`, `none`,
 JSON strings, `[...]` lists and `{"key": value}` maps. The trailing comment is the node's
 provenance: a module path and, in parentheses, the source op; either may be a JSON string.
@@ -69,8 +78,9 @@ _TOKEN = re.compile(
   | (?P<str>"(?:[^"\\]|\\.)*")
   | (?P<value>%[A-Za-z0-9_]+)
   | (?P<digest>@[0-9a-f]+)
-  | (?P<num>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+)
+  | (?P<num>-?(?:\d+\.(?!\.)\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+)
             |-?inf\b|-?nan\b)
+  | (?P<arith>//|\.\.|[*+\-])
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[\[\](){},=:\#])
     """,
@@ -90,6 +100,7 @@ class _Line:
         self.comment: str | None = None
         self.comment_col = 0
         self.col = 1
+        self.known: frozenset[str] = frozenset()  # declared dim symbols (the header's dims)
         pos = 0
         while pos < len(text):
             m = _TOKEN.match(text, pos)
@@ -207,8 +218,57 @@ def _attr_value(line: _Line, depth: int = 0) -> Any:
     if line.accept("{"):
         _open(line, depth)
         return _map(line, depth + 1)
+    if _starts_dim_expr(line):
+        return _dim_expr(line, attribute=True)
     kind, tok = line.next()
     return _scalar(kind, tok, line)
+
+
+_WORDS = frozenset(("true", "false", "none"))
+
+
+def _starts_dim_expr(line: _Line) -> bool:
+    """Whether a symbolic size starts here: a name (not true/false/none), `(`, a unary `-`,
+    or an integer followed by an operator."""
+    kind, tok = line.peek()
+    if kind == "ident":
+        return tok not in _WORDS
+    if (kind, tok) in (("punct", "("), ("arith", "-")):
+        return True
+    if kind == "num" and tok.lstrip("-").isdigit() and line.pos + 1 < len(line.tokens):
+        nxt = line.tokens[line.pos + 1]
+        return nxt[0] == "arith" and nxt[1] != ".."
+    return False
+
+
+def _dim_expr(line: _Line, attribute: bool) -> Any:
+    """A symbolic size: the tokens up to a `,`, `]` or `}` outside parentheses, read by
+    `symdims.parse_dim_tokens`; an int when it has no symbol. A type's dim must be >= 0."""
+    from fxforge import symdims
+
+    line.peek()
+    col, tokens, depth = line.col, [], 0
+    while True:
+        kind, tok = line.peek()
+        if kind == "end" or (depth == 0 and (kind, tok) in (("punct", ","), ("punct", "]"),
+                                                            ("punct", "}"))):
+            break
+        if kind not in ("num", "ident", "arith") and tok not in ("(", ")"):
+            line.fail(f"unexpected {clip(tok)!r} in a dim expression")
+        depth += {"(": 1, ")": -1}.get(tok, 0) if kind == "punct" else 0
+        if kind == "num" and tok.startswith("-"):  # `S -1`: the tokenizer joins sign and digits
+            tokens += [("op", "-"), ("num", tok[1:])]
+        elif kind == "num" and not tok.isdigit():
+            line.fail(f"expected an integer in a dim expression, found {clip(tok)!r}")
+        else:
+            tokens.append(("name" if kind == "ident" else kind, tok))
+        line.pos += 1
+    try:
+        value = symdims.parse_dim_tokens(tokens, line.known)
+        return symdims.normalize_attr(value) if attribute else symdims.normalize(value)
+    except (ValueError, TypeError, ArithmeticError) as e:
+        line.fail(f"{e}" + ("" if line.known else " (no dims are declared in the header)"),
+                  col)
 
 
 def _open(line: _Line, depth: int) -> None:
@@ -242,6 +302,12 @@ def _type(line: _Line) -> TensorType:
     line.expect("[")
     shape = []
     while not line.accept("]"):
+        if _starts_dim_expr(line):
+            shape.append(_dim_expr(line, attribute=False))
+            if not line.accept(","):
+                line.expect("]")
+                break
+            continue
         kind, tok = line.next()
         if kind != "num" or not tok.isdigit():
             line.fail(f"expected a dimension, found {clip(tok)!r}")
@@ -438,10 +504,15 @@ def _node(line: _Line, defined: dict[str, Value], constants) -> Node:
     return node
 
 
-def _header(line: _Line, defined: dict[str, Value]) -> list[Value]:
-    """`graph(%x: type, ...) {`: the inputs, which `defined` then holds."""
+def _header(line: _Line, defined: dict[str, Value]) -> tuple[list[Value], list]:
+    """`graph(%x: type, ...) dims(...) {`: the inputs, which `defined` then holds, and the
+    declared dims (read first, as the input types use them)."""
     line.expect("graph")
     line.expect("(")
+    start = line.pos
+    dims = _dims_clause(line)
+    line.known = frozenset(r.name for r in dims)
+    end, line.pos = line.pos, start
     inputs = []
     while not line.accept(")"):
         name = _value_name(line)
@@ -455,10 +526,63 @@ def _header(line: _Line, defined: dict[str, Value]) -> list[Value]:
         if not line.accept(","):
             line.expect(")")
             break
+    if dims:
+        line.pos = end
     line.expect("{")
     if not line.at_end():
         line.fail(f"unexpected {clip(line.peek()[1])!r}")
-    return inputs
+    return inputs, dims
+
+
+def _dims_clause(line: _Line) -> list:
+    """`dims(B: 1..128, S: 8..512 %8)` after the inputs' closing parenthesis, if there; the
+    line is left after it (or where it started when there is none)."""
+    from fxforge.symdims import MAX_DIMS, DimRange
+
+    depth, pos = 1, line.pos
+    while pos < len(line.tokens) and depth:
+        tok = line.tokens[pos]
+        if tok[0] == "punct" and tok[1] in "()":
+            depth += 1 if tok[1] == "(" else -1
+        pos += 1
+    if depth or pos >= len(line.tokens) or line.tokens[pos] != ("ident", "dims"):
+        return []
+    line.pos = pos + 1
+    line.expect("(")
+    dims: list[DimRange] = []
+    while not line.accept(")"):
+        kind, name = line.next()
+        col = line.col
+        if kind != "ident":
+            line.fail(f"expected a dim name, found {clip(name)!r}")
+        if any(r.name == name for r in dims):
+            line.fail(f"dim {clip(name)} is declared twice", col)
+        if len(dims) >= MAX_DIMS:
+            line.fail(f"more than {MAX_DIMS} dims are declared", col)
+        line.expect(":")
+        lo = _dim_bound(line)
+        line.expect("..")
+        hi = _dim_bound(line)
+        multiple = None
+        kind, tok = line.peek()
+        if kind == "value" and tok[1:].isdigit():  # `%8`: the tokenizer reads it as a value
+            line.next()
+            multiple = _integer(tok[1:], line)
+        try:
+            dims.append(DimRange(name, lo, hi, multiple))
+        except ValueError as e:
+            line.fail(str(e), col)
+        if not line.accept(","):
+            line.expect(")")
+            break
+    return dims
+
+
+def _dim_bound(line: _Line) -> int:
+    kind, tok = line.next()
+    if kind != "num" or not tok.isdigit():
+        line.fail(f"expected a whole number bound, found {clip(tok)!r}")
+    return _integer(tok, line)
 
 
 def _return(line: _Line, defined: dict[str, Value]) -> list[Value]:
@@ -503,10 +627,12 @@ def parse_ir(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Gr
     if not lines:
         raise IRParseError("line 1: column 1: empty text: expected `graph(...) {`", 1, 1)
     defined: dict[str, Value] = {}
-    inputs = _guarded(_Line(lines[0][1], lines[0][0]), _header, defined)
+    inputs, dims = _guarded(_Line(lines[0][1], lines[0][0]), _header, defined)
+    known = frozenset(r.name for r in dims)
     nodes, outputs, closed = [], None, False
     for lineno, raw in lines[1:]:
         line = _Line(raw, lineno)
+        line.known = known
         if closed:
             line.fail("text after the closing `}`", 1)
         if line.accept("}"):
@@ -526,4 +652,4 @@ def parse_ir(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Gr
         col = len(raw.rstrip()) + 1
         raise IRParseError(f"line {lineno}: column {col}: missing closing `}}` after "
                            f"{_excerpt(raw, col)}", lineno, col)
-    return Graph(tuple(inputs), tuple(nodes), tuple(outputs))
+    return Graph(tuple(inputs), tuple(nodes), tuple(outputs), tuple(dims))

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from fxforge import symdims
 from fxforge.dumps import DumpWarning, DumpWriter, load_dump  # noqa: F401 - re-exported here
 from fxforge.errors import MiscompileError, OptionError, PipelineError
 from fxforge.ir import Graph
@@ -90,7 +91,8 @@ def _call_pass(entry: PassSpec, graph: Graph, options: Mapping[str, Any]
                ) -> tuple[Graph, Mapping[str, Any]]:
     """Run one pipeline entry; a callable may return the graph alone or (graph, stats)."""
     fn = pass_registry.PASSES[entry] if isinstance(entry, str) else entry
-    result = fn(graph, **options)
+    with symdims.assume(graph.dims):  # a pass's inference knows the graph's declared ranges
+        result = fn(graph, **options)
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Graph):
         new, stats = result
     else:
@@ -258,6 +260,8 @@ class PassManager:
             self._attach_bundle(error, e, index, graph, samples)
             raise error from e
         seconds = time.perf_counter() - start
+        if graph.dims and not new.dims:  # passes rebuild graphs from parts: keep the ranges
+            new = replace(new, dims=graph.dims)
         changed = new != graph
         if changed and budget is not None and budget.count == counted \
                 and not budget.allow("whole pass", "the graph"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fxforge import symdims
 from fxforge.ir import ConstData, Graph, Node, Provenance, TensorType
 
 INLINE_LIMIT = 4  # constants with at most this many elements print their values
@@ -46,11 +47,13 @@ def format_attr(value: Any) -> str:
         return "{" + items + "}"
     if isinstance(value, ConstData):
         raise TypeError("ConstData is only printed as a const node's value")
+    if symdims.is_sym(value):
+        return symdims.format_dim(value)
     return format_scalar(value)
 
 
 def format_type(t: TensorType) -> str:
-    text = f"{t.dtype}[{','.join(str(d) for d in t.shape)}]"
+    text = f"{t.dtype}[{','.join(map(symdims.format_dim, t.shape))}]"
     if t.quant is not None:
         q = t.quant
         text += (
@@ -113,7 +116,8 @@ def format_node(node: Node, inline_all: bool = False) -> str:
 def print_graph(graph: Graph, inline_constants: bool = False) -> str:
     """The text form. `inline_constants=True` prints every constant's values (large, exact)."""
     params = ", ".join(f"{v}: {format_type(v.type)}" for v in graph.inputs)
-    lines = [f"graph({params}) {{"]
+    dims = f" dims({', '.join(r.describe() for r in graph.dims)})" if graph.dims else ""
+    lines = [f"graph({params}){dims} {{"]
     lines += [format_node(n, inline_constants) for n in graph.nodes]
     lines.append("  return " + ", ".join(str(v) for v in graph.outputs))
     lines.append("}")

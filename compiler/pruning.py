@@ -403,7 +403,7 @@ def _zeroed_graph(graph: Graph, edit_sets: list[dict[str, set[tuple[int, int]]]]
             node = Node("const", (), node.outputs, node.attrs.replace(value=ConstData(array)),
                         node.provenance)
         nodes.append(node)
-    return Graph(graph.inputs, tuple(nodes), graph.outputs)
+    return Graph(graph.inputs, tuple(nodes), graph.outputs, graph.dims)
 
 
 def plan_for_graph(graph: Graph, amount: float, importance: str = "l1",

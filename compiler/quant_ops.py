@@ -26,6 +26,7 @@ import numpy as np
 from fxforge.ir import Attrs, QuantParams, TensorType
 from fxforge.kernels import reference_quant as rq
 from fxforge.shapes import OpTypeError
+from fxforge.symdims import static
 
 if TYPE_CHECKING:
     from fxforge.ops import OpDef
@@ -43,13 +44,15 @@ def per_tensor(scale: float, zero_point: int) -> QuantParams:
 
 
 def _fmt(t: TensorType) -> str:
-    return f"{t.dtype}[{','.join(str(d) for d in t.shape)}]"
+    from fxforge.printer import format_type
+
+    return format_type(TensorType(t.shape, t.dtype))
 
 
 def _input(op: str, name: str, t: TensorType, dtype: str, shape: tuple[int, ...] | None = None,
            ) -> None:
     if t.dtype != dtype or (shape is not None and t.shape != tuple(shape)):
-        want = dtype if shape is None else f"{dtype}[{','.join(str(d) for d in shape)}]"
+        want = dtype if shape is None else _fmt(TensorType(tuple(shape), dtype))
         raise OpTypeError(f"{op}: input {name} must be {want}, got {_fmt(t)}")
 
 
@@ -216,7 +219,8 @@ def _qlinear(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise OpTypeError(f"qlinear: input x {_fmt(x)} does not match weight {_fmt(w)} "
                           "(x [..., K], weight [N, K])")
-    _reduction_fits("qlinear", w.shape[1], attrs["x_zero_point"])
+    _reduction_fits("qlinear", static(w.shape[1], "qlinear", "the weight's K"),
+                    attrs["x_zero_point"])
     n_out = w.shape[0]
     _channel_inputs("qlinear", ins, attrs, n_out)
     if attrs["dynamic"]:
@@ -268,7 +272,8 @@ def _linear_int4(ins: Types, attrs: Attrs) -> tuple[TensorType, ...]:
     if x.ndim < 1 or packed.ndim != 2:
         raise OpTypeError(f"{op}: input x must be [..., K] and packed [N, K/2], got {_fmt(x)} "
                           f"and {_fmt(packed)}")
-    k, n = x.shape[-1], packed.shape[0]
+    k = static(x.shape[-1], op, "the input features (last dim of x)")
+    n = static(packed.shape[0], op, "the output features")
     if gs < 2 or gs % 2 or k % gs:
         raise OpTypeError(f"{op}: attribute group_size={gs} must be even and divide K = {k}")
     _input(op, "packed", packed, "u8", (n, k // 2))

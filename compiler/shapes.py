@@ -34,10 +34,14 @@ def is_int(value: object) -> bool:
 
 
 def check_shape(shape: Sequence[int]) -> None:
-    """A shape the IR can hold: rank <= MAX_RANK, dims >= 0, at most MAX_NUMEL elements."""
+    """A shape the IR can hold: rank <= MAX_RANK, dims >= 0, at most MAX_NUMEL elements. A
+    symbolic dim (`fxforge.symdims`) must not be provably negative; the element count of a
+    symbolic shape is checked when its symbols are bound."""
     if len(shape) > MAX_RANK:
         raise OpTypeError(f"rank {len(shape)} is more than the IR's limit of {MAX_RANK}")
     if not all(is_int(d) and d >= 0 for d in shape):
+        if all(is_int(d) and d >= 0 or _symbolic_size(d) for d in shape):
+            return
         raise OpTypeError(f"shape {clip(list(shape))} needs dimensions that are int64s >= 0")
     numel = math.prod(shape)
     if numel > MAX_NUMEL:
@@ -86,15 +90,30 @@ def clip(value: object, limit: int = 80, use_repr: bool = False) -> str:
     return f"{text[:half]}...({len(text) - limit} chars)...{text[-half:]}"
 
 
+def _symbolic_size(d: object) -> bool:
+    """A symbolic dim that is not provably negative (canonical: TensorType normalizes it)."""
+    return symdims.is_sym(d) and not d.is_negative
+
+
 def broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """Equal dims, or 1; a symbolic dim broadcasts with 1 and with dims provably equal to it."""
     ndim = max((len(s) for s in shapes), default=0)
     result = []
     for axis in range(-ndim, 0):
         sizes = {s[axis] for s in shapes if len(s) >= -axis} - {1}
         if len(sizes) > 1:
-            raise OpTypeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+            first = next(iter(sizes))
+            if not all(symdims.equal(first, d) for d in sizes):
+                raise OpTypeError(f"shapes {symdims.show([tuple(s) for s in shapes])} do not "
+                                  "broadcast")
+            sizes = {first}
         result.append(sizes.pop() if sizes else 1)
     return tuple(result)
+
+
+def _shape_text(shape: Sequence[object]) -> str:
+    return "(" + ", ".join(symdims.format_dim(d) for d in shape) + (
+        ",)" if len(shape) == 1 else ")")
 
 
 def norm_dim(dim: int, ndim: int) -> int:
@@ -117,6 +136,8 @@ def window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, cei
     if kernel < 1 or stride < 1 or dilation < 1 or pad < 0:
         raise OpTypeError(f"window needs kernel, stride, dilation >= 1 and padding >= 0, got "
                           f"{kernel}, {stride}, {dilation} and {pad}")
+    if type(size) is not int:
+        return _window_out_symbolic(size, kernel, stride, pad, dilation, ceil)
     span = size + 2 * pad - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil else span // stride) + 1  # ceil_mode admits span > -stride
     if ceil and (out - 1) * stride >= size + pad:
@@ -127,8 +148,30 @@ def window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, cei
     return out
 
 
+def _window_out_symbolic(size, kernel: int, stride: int, pad: int, dilation: int,
+                         ceil: bool):
+    """window_out over a symbolic size: floor((size + 2p - d(k-1) - 1) / s) + 1; ceil_mode's
+    clamp must be decidable for every size, else the op needs a static size."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (symdims.ceildiv(span, stride) if ceil else symdims.floordiv(span, stride)) + 1
+    if ceil:
+        clamp = symdims.known_ge((out - 1) * stride, size + pad)
+        if clamp is None:
+            raise OpTypeError(f"ceil_mode needs a static size for a window over "
+                              f"{symdims.format_dim(size)} (stride {stride})")
+        if clamp:
+            out -= 1
+    out = symdims.normalize(out)
+    if symdims.known_ge(out, 1) is False:
+        raise OpTypeError(f"window of {kernel} (dilation {dilation}) exceeds padded size "
+                          f"{symdims.format_dim(size)} + 2 * {pad}")
+    return out
+
+
 def reshape_target(numel: int, shape: Sequence[int]) -> tuple[int, ...]:
-    """Resolve a single -1 in a reshape target."""
+    """Resolve a single -1 in a reshape target (over symbols: an exact division)."""
+    if type(numel) is not int or not all(type(d) is int for d in shape):
+        return _reshape_symbolic(numel, shape)
     shape = list(shape)
     if any(d < -1 for d in shape):
         raise OpTypeError(f"reshape to {clip(tuple(shape))} has a negative size other than -1")
@@ -144,17 +187,43 @@ def reshape_target(numel: int, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _reshape_symbolic(numel, shape: Sequence[object]) -> tuple[object, ...]:
+    shape = list(shape)
+    text = _shape_text(shape)
+    if any(type(d) is int and d < -1 for d in shape):
+        raise OpTypeError(f"reshape to {clip(text)} has a negative size other than -1")
+    if shape.count(-1) > 1:
+        raise OpTypeError(f"reshape to {text} has more than one -1")
+    known = math.prod(d for d in shape if not (type(d) is int and d == -1))
+    numel_text = symdims.format_dim(numel)
+    if -1 in shape:
+        if known == 0:
+            raise OpTypeError(f"cannot reshape {numel_text} elements to {text}")
+        quotient = symdims.exact_div(numel, known)
+        if quotient is None:
+            raise OpTypeError(f"cannot reshape {numel_text} elements to {text}: "
+                              f"{symdims.format_dim(known)} does not divide it for every size")
+        shape[shape.index(-1)] = quotient
+    if not symdims.equal(math.prod(shape), numel):
+        raise OpTypeError(f"cannot reshape {numel_text} elements to {text}")
+    return tuple(shape)
+
+
 def matmul_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     """torch.matmul's result shape, including its 1-D promotions and batch broadcasting."""
     if not a or not b:
         raise OpTypeError("matmul needs operands of rank 1 or more")
     a2 = (1, *a) if len(a) == 1 else tuple(a)
     b2 = (*b, 1) if len(b) == 1 else tuple(b)
-    if a2[-1] != b2[-2]:
-        raise OpTypeError(f"matmul inner dimensions differ: {tuple(a)} @ {tuple(b)}")
+    if a2[-1] != b2[-2] and not symdims.equal(a2[-1], b2[-2]):
+        raise OpTypeError(f"matmul inner dimensions differ: {symdims.show(tuple(a))} @ "
+                          f"{symdims.show(tuple(b))}")
     out = (*broadcast(a2[:-2], b2[:-2]), a2[-2], b2[-1])
     if len(a) == 1:
         out = out[:-2] + out[-1:]
     if len(b) == 1:
         out = out[:-1]
     return out
+
+
+from fxforge import symdims  # noqa: E402 - symdims imports this module's OpTypeError

@@ -12,10 +12,11 @@ it also prints and parses back.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, NoReturn
 
-from fxforge import dtypes, ops
+from fxforge import dtypes, ops, symdims
 from fxforge.errors import FxforgeError
 from fxforge.ir import ConstData, Graph, Node, QuantParams, TensorType, Value
 from fxforge.kernels import opaque
@@ -48,6 +49,7 @@ def verify(graph: Graph) -> None:
 
 
 def _verify(graph: Graph) -> None:
+    _check_dims(graph)
     defined: dict[str, Value] = {}
     for v in graph.inputs:
         if not isinstance(v.name, str) or not _NAME.fullmatch(v.name):
@@ -56,19 +58,38 @@ def _verify(graph: Graph) -> None:
             _fail(None, None, f"input %{v.name} is declared twice")
         _check_type(None, None, v)
         defined[v.name] = v
-    for i, node in enumerate(graph.nodes):
-        try:
-            _check_node(node, i, defined)
-        except IRVerificationError:
-            raise
-        except Exception as e:  # noqa: BLE001 - an unforeseen failure still names the node
-            _fail(node, i, f"checking it raised {type(e).__name__}: {clip(e, 300)}", e)
+    with symdims.assume(graph.dims):  # inference knows the declared ranges (symdims.known_ge)
+        for i, node in enumerate(graph.nodes):
+            try:
+                _check_node(node, i, defined)
+            except IRVerificationError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an unforeseen failure still names the node
+                _fail(node, i, f"checking it raised {type(e).__name__}: {clip(e, 300)}", e)
     for v in graph.outputs:
         if v.name not in defined:
             _fail(None, None, f"returns %{v.name}, which is not defined")
         if defined[v.name] != v:
             _fail(None, None, f"returns %{v.name} with type {clip(v.type)}, but it was defined "
                               f"as {defined[v.name].type}")
+
+
+def _check_dims(graph: Graph) -> None:
+    """The declared dims are DimRanges with distinct names, and every symbol of a type or an
+    attribute is declared."""
+    names = set()
+    for r in graph.dims:
+        if not isinstance(r, symdims.DimRange):
+            _fail(None, None, f"dims holds a {type(r).__name__}, not a DimRange")
+        if r.name in names:
+            _fail(None, None, f"dim {r.name} is declared twice")
+        names.add(r.name)
+    if not graph.dims and not graph.symbolic:
+        return
+    undeclared = sorted(symdims.symbols_of(graph) - names)
+    if undeclared:
+        _fail(None, None, f"symbol {undeclared[0]} is used in a shape or an attribute but not "
+                          "declared in the graph's dims")
 
 
 def _check_node(node: Node, i: int, defined: dict[str, Value]) -> None:
@@ -128,9 +149,15 @@ def _check_inference(node: Node, i: int, opdef: ops.OpDef) -> None:
         inferred = ops.infer_types(opdef, [v.type for v in node.inputs], attrs)
         declared = tuple(v.type for v in node.outputs)
         if tuple((t.shape, t.dtype) for t in inferred) != tuple(
-                (t.shape, t.dtype) for t in declared):
+                (t.shape, t.dtype) for t in declared) and not _same_types(inferred, declared):
             _fail(node, i, f"declared types {[str(t) for t in declared]} but inference "
                            f"gives {[str(t) for t in inferred]}")
+
+
+def _same_types(a: tuple[TensorType, ...], b: tuple[TensorType, ...]) -> bool:
+    """Equal dtypes and shapes, symbolic dims compared by value (sympy), not by form."""
+    return len(a) == len(b) and all(
+        x.dtype == y.dtype and symdims.same_shape(x.shape, y.shape) for x, y in zip(a, b))
 
 
 def _check_type(node: Node | None, index: int | None, v: Value) -> None:
@@ -141,6 +168,11 @@ def _check_type(node: Node | None, index: int | None, v: Value) -> None:
         _fail(node, index, f"%{v.name} has no TensorType but {type(t).__name__}")
     if t.quant is not None and not isinstance(t.quant, QuantParams):
         _fail(node, index, f"%{v.name}'s quant is a {type(t.quant).__name__}, not QuantParams")
+    if not symdims.is_static(t.shape):
+        for d in t.shape:
+            problem = _expr_problem(d) if symdims.is_sym(d) else None
+            if problem is not None:
+                _fail(node, index, f"the type of %{v.name}: a dim {problem}")
     try:
         check_shape(t.shape)
         if t.quant is not None:
@@ -159,6 +191,8 @@ def _attr_problem(value: Any, depth: int, top_const: bool = False) -> str | None
         return None if is_int(value) else f"holds {clip(value)}, outside int64's range"
     if isinstance(value, ConstData):
         return None if top_const else "holds a ConstData (only a const's value may)"
+    if symdims.is_sym(value):
+        return _expr_problem(value)
     if isinstance(value, tuple):
         items = value
     elif isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -171,4 +205,17 @@ def _attr_problem(value: Any, depth: int, top_const: bool = False) -> str | None
         problem = _attr_problem(item, depth + 1)
         if problem is not None:
             return problem
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # sympy is slow and a graph repeats its few dims
+def _expr_problem(value: Any) -> str | None:
+    """A symbolic attribute prints and parses back if it is an integer expression of dim
+    symbols with int64 constants that has a text form."""
+    try:
+        if symdims.normalize_attr(value) != value:
+            return f"holds {clip(value)}, not in canonical (expanded) form"
+        symdims.parse_dim(symdims.format_dim(value), symdims.symbols_of(value))
+    except (TypeError, ValueError, ArithmeticError) as e:
+        return f"holds {clip(value)}, which is not a valid symbolic size: {clip(e, 120)}"
     return None

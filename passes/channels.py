@@ -74,7 +74,8 @@ class ChannelAnalysis:
         return v.name in self.consts
 
     def track(self, v: Value, const: np.ndarray | None = None) -> None:
-        if v.type.ndim >= 2:
+        # a symbolic dim 1 (a sequence length) is no channel dim: such a value stays untracked
+        if v.type.ndim >= 2 and type(v.type.shape[1]) is int:
             c = v.type.shape[1]
             self.consts[v.name] = np.full(c, np.nan) if const is None else const.astype(float)
             self.spaces.find(v.name)

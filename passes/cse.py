@@ -41,5 +41,5 @@ def cse(graph: Graph) -> tuple[Graph, dict[str, int]]:
     outputs = tuple(subst.get(v.name, v) for v in graph.outputs)
     if not merged:
         return graph, {"merged": 0}
-    graph, _ = dce(Graph(graph.inputs, tuple(nodes), outputs))
+    graph, _ = dce(Graph(graph.inputs, tuple(nodes), outputs, graph.dims))
     return graph, {"merged": merged}

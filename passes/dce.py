@@ -18,4 +18,5 @@ def dce(graph: Graph) -> tuple[Graph, dict[str, int]]:
     removed = len(graph.nodes) - len(kept)
     if not removed:
         return graph, {"removed": 0}
-    return Graph(graph.inputs, tuple(reversed(kept)), graph.outputs), {"removed": removed}
+    kept_graph = Graph(graph.inputs, tuple(reversed(kept)), graph.outputs, graph.dims)
+    return kept_graph, {"removed": removed}

@@ -104,7 +104,7 @@ def fold_batchnorm(graph: Graph) -> tuple[Graph, dict]:
     if not stats:
         return graph, {"folded": 0}
     outputs = tuple(subst.get(v.name, v) for v in graph.outputs)
-    graph, _ = dce(Graph(graph.inputs, tuple(rw.nodes), outputs))
+    graph, _ = dce(Graph(graph.inputs, tuple(rw.nodes), outputs, graph.dims))
     result: dict = dict(stats)
     if left:
         result["not-folded"] = left

@@ -20,8 +20,8 @@ def _fold(node: Node, rw: Rewriter) -> Sequence[Value] | None:
     if node.op in ("const", "torch_op"):
         return None
     arrays = [rw.constant(v) for v in node.inputs]
-    if any(a is None for a in arrays):
-        return None
+    if any(a is None for a in arrays) or not all(v.type.is_static for v in node.outputs):
+        return None  # a symbolic size (arange to S) is no constant
     largest = max((a.size for a in arrays), default=0)
     if any(v.type.numel > max(largest, FOLD_LIMIT) for v in node.outputs):
         return None

@@ -52,4 +52,4 @@ def layout_nhwc(graph: Graph) -> tuple[Graph, dict[str, int]]:
             v = converted[v.name]
         outputs.append(v)
     stats["outputs_converted"] = len(tail)
-    return Graph(graph.inputs, (*head, *body, *tail), tuple(outputs)), stats
+    return Graph(graph.inputs, (*head, *body, *tail), tuple(outputs), graph.dims), stats

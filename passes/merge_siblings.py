@@ -157,4 +157,4 @@ def merge_siblings(graph: Graph, unary: Collection[str], binary: Collection[str]
             counts[node.op] += 1
         elif id(node) not in replaced:
             nodes.append(node)
-    return Graph(graph.inputs, tuple(nodes), graph.outputs), counts, notes
+    return Graph(graph.inputs, tuple(nodes), graph.outputs, graph.dims), counts, notes

@@ -243,7 +243,8 @@ class _Quantizer:
                     self.kept.append(f"{node.provenance.describe()}: {_why_matmul_float(node)}")
                 self._float(node)
         outputs = [self.float_of(v, "graph output", None) for v in self.graph.outputs]
-        return Graph(self.graph.inputs, tuple(self.rw.nodes), tuple(outputs))
+        return Graph(self.graph.inputs, tuple(self.rw.nodes), tuple(outputs),
+                     self.graph.dims)
 
     def _int8_input(self, node: Node) -> bool:
         ins = [self.value[v.name] for v in node.inputs]

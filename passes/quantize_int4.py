@@ -80,7 +80,7 @@ def quantize_int4(graph: Graph, keep_float: Iterable[str] = ()) -> tuple[Graph, 
             rw.add(ops.build_node("fused_elementwise", chain_inputs, {"steps": steps},
                           [node.outputs[0].name], where))
         layers.append(node.provenance.module or node.outputs[0].name)
-    new = Graph(graph.inputs, tuple(rw.nodes), graph.outputs)
+    new = Graph(graph.inputs, tuple(rw.nodes), graph.outputs, graph.dims)
     return new, {"quantized": len(layers), "layers": layers, "kept_float": kept}
 
 

@@ -196,7 +196,7 @@ def remove_pruned_channels(graph: Graph) -> tuple[Graph, dict]:
     outputs = tuple(b.mapping.get(v.name, v) for v in graph.outputs)
     from fxforge.passes.dce import dce
 
-    result, _ = dce(Graph(graph.inputs, tuple(b.nodes), outputs))
+    result, _ = dce(Graph(graph.inputs, tuple(b.nodes), outputs, graph.dims))
     stats = {"channels-removed": removed_total, "layers": layers}
     if b.bias_maps:
         stats["bias-maps"] = b.bias_maps

@@ -112,7 +112,7 @@ def rewrite(graph: Graph, rules: Sequence[Rule], max_rounds: int = 50) -> tuple[
             else:
                 rw.add(node)
         outputs = tuple(subst.get(v.name, v) for v in graph.outputs)
-        graph, _ = dce(Graph(graph.inputs, tuple(rw.nodes), outputs))
+        graph, _ = dce(Graph(graph.inputs, tuple(rw.nodes), outputs, graph.dims))
         if not changed:
             break
     return graph, stats

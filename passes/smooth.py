@@ -231,7 +231,7 @@ def smooth(graph: Graph, scales: Mapping[str, np.ndarray] | None = None
             rw.add(Node(node.op, inputs, node.outputs, node.attrs, node.provenance))
         else:
             rw.add(node)
-    new = Graph(graph.inputs, tuple(rw.nodes), graph.outputs)
+    new = Graph(graph.inputs, tuple(rw.nodes), graph.outputs, graph.dims)
     return new, {"smoothed": len(plan), "folded_into_norm": len(norms), "notes": notes}
 
 

@@ -153,4 +153,4 @@ def to_fp16(graph: Graph) -> tuple[Graph, dict]:
     result = dict(conv.stats)
     if conv.kept:
         result["kept_f32"] = conv.kept
-    return Graph(graph.inputs, tuple(conv.nodes), tuple(outputs)), result
+    return Graph(graph.inputs, tuple(conv.nodes), tuple(outputs), graph.dims), result

@@ -22,17 +22,22 @@ plus a few random others, so graphs usually hold dead nodes too.
 
 Every generated graph passes `fxforge.verify.verify` (the strategy checks it) and runs under
 `fxforge.execute.run_reference` with finite results for the inputs of `random_inputs`.
+
+With `symbolic_batch=True` dim 0 of every input is the symbol `B` (declared `B: 1..8`), so every
+batch size in that range runs the same graph; `random_inputs(graph, seed, {"B": 3})` makes
+inputs of one size. The default stays static.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 
-from fxforge import dtypes
+from fxforge import dtypes, symdims
 from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
 from fxforge.ops import build_node
 from fxforge.verify import verify
@@ -298,7 +303,8 @@ class _Builder:
         if x.type.ndim != 4:
             return False
         n = x.type.shape[0]
-        self.emit("reshape", [x], {"shape": self._pick([(n, -1), (n, x.type.numel // n)])})
+        features = math.prod(x.type.shape[1:])
+        self.emit("reshape", [x], {"shape": self._pick([(n, -1), (n, features)])})
         return True
 
     def reshape(self, x: Value) -> bool:
@@ -368,6 +374,7 @@ def random_graphs(
     max_outputs: int = 3,
     ops: Sequence[str] = OP_KINDS,
     heads: bool = False,
+    symbolic_batch: bool = False,
 ) -> Graph:
     """A random valid graph (see the module docstring).
 
@@ -383,12 +390,16 @@ def random_graphs(
     heads: end every returned NCHW value in a 1x1 conv (no padding) and every rank-2 value in a
         linear, as a classifier head would. Without heads the graph outputs fix the channel
         counts of most values; with them, channel removal has room to work.
+    symbolic_batch: dim 0 of every input is the symbol `B` (range 1..8) instead of a number.
     """
     unknown = set(ops) - set(OP_KINDS)
     if unknown or not ops:
         raise ValueError(f"unknown op kinds {sorted(unknown)}; known: {OP_KINDS}")
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n, c, h, w = draw(graph_inputs())
+    batch = {"B": n} if symbolic_batch else {}
+    if symbolic_batch:
+        n = symdims.sym("B")
     shapes = [(n, c, h, w)]
     for _ in range(draw(st.integers(1, max_inputs)) - 1):
         shapes.append((n, draw(st.integers(1, 8)), *draw(st.sampled_from([(h, w), (4, 9)]))))
@@ -406,7 +417,7 @@ def random_graphs(
             x = builder.values[-1]
         else:
             x = draw(st.sampled_from(tuple(builder.values)))
-        if x.type.numel > 4096:
+        if symdims.substitute(x.type, batch).numel > 4096:
             continue
         kinds = tuple(k for k in ops if x.type.ndim == 4 or k in _FLAT_KINDS)
         if kinds and _apply(builder, draw(st.sampled_from(kinds)), x):
@@ -417,23 +428,29 @@ def random_graphs(
     outputs = (last, *[v for v in extra if v.name != last.name])
     if heads:
         outputs = tuple(_head(builder, v) for v in outputs)
-    graph = Graph(inputs, tuple(builder.nodes), outputs)
+    dims = (symdims.DimRange("B", 1, 8),) if symbolic_batch else ()
+    graph = Graph(inputs, tuple(builder.nodes), outputs, dims)
     verify(graph)
     return graph
 
 
-def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
+def random_inputs(graph: Graph, seed: int = 0,
+                  dims: dict[str, int] | None = None) -> list[np.ndarray]:
     """Arrays for `graph.inputs`, deterministic in `seed`: standard normal floats, small ints,
-    random bools, each of its input's declared shape and dtype."""
+    random bools, each of its input's declared shape and dtype; symbolic dims take their sizes
+    from `dims`."""
     rng = np.random.default_rng(seed)
     arrays = []
     for v in graph.inputs:
         np_dtype = dtypes.to_numpy(v.type.dtype)
+        shape = symdims.substitute(v.type, dims or {}).shape
+        if not symdims.is_static(shape):
+            raise ValueError(f"input %{v.name} has symbolic dims: give their sizes in `dims`")
         if dtypes.is_float(v.type.dtype):
-            array = rng.standard_normal(v.type.shape).astype(np_dtype)
+            array = rng.standard_normal(shape).astype(np_dtype)
         elif v.type.dtype == "bool":
-            array = rng.random(v.type.shape) < 0.5
+            array = rng.random(shape) < 0.5
         else:
-            array = rng.integers(0, 8, v.type.shape).astype(np_dtype)
+            array = rng.integers(0, 8, shape).astype(np_dtype)
         arrays.append(np.asarray(array, dtype=np_dtype))
     return arrays

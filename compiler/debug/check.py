@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxforge import dtypes
+from fxforge import dtypes, symdims
 from fxforge.errors import ExecutionError
 from fxforge.execute import run_reference
 from fxforge.ir import Graph
@@ -48,13 +48,16 @@ def tolerance_for(pass_name: str, rtol: float = RTOL, atol: float = ATOL) -> Tol
 
 def default_samples(graph: Graph, seed: int = 0, count: int = 2) -> Samples:
     """Seeded inputs for a graph with no real ones: floats standard normal, integers 0 or 1
-    (valid token ids and masks for any vocabulary), bools random."""
+    (valid token ids and masks for any vocabulary), bools random. Symbolic dims take one size
+    in their ranges (`symdims.example_sizes`)."""
     rng = np.random.default_rng(seed)
+    sizes = symdims.example_sizes(graph) if graph.symbolic else {}
     samples = []
     for _ in range(count):
         arrays = []
         for v in graph.inputs:
-            shape, dtype = v.type.shape, dtypes.to_numpy(v.type.dtype)
+            shape = symdims.substitute(v.type, sizes).shape
+            dtype = dtypes.to_numpy(v.type.dtype)
             if dtypes.is_float(v.type.dtype):
                 arrays.append(rng.standard_normal(shape).astype(dtype))
             else:
