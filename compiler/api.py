@@ -25,8 +25,10 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from fxforge import dtypes
+from fxforge import dtypes, symdims
 from fxforge.capture import EXPORT_LOCK, Captured, capture
+from fxforge.dynamic import check_option as check_dynamic
+from fxforge.dynamic import resolve as resolve_dynamic
 from fxforge.errors import InputError, OptionError
 from fxforge.execute import TorchProgram, run_reference
 from fxforge.ir import Graph
@@ -135,6 +137,9 @@ class CompiledModel:
         self._saved_options: dict[str, Any] = {}  # a loaded model's compile options
         self._signature = signature
         self._name = name
+        self._dynamic: Any = None  # compile(dynamic=...): see fxforge.dynamic
+        self._symbolic: list[_Entry] = []  # dynamic captures, after the pipeline
+        self._dynamic_captured: list[tuple[tuple, Captured]] = []  # (structure, capture)
 
     # --- inputs ---
 
@@ -197,12 +202,62 @@ class CompiledModel:
         args, kwargs = self._bind(args, kwargs)
         key, leaves = self._key(args, kwargs)
         entry = self._entries.get(key)
+        if entry is None and self._symbolic:
+            entry = self._specialize_for(key, leaves)
         if entry is None:
             if self._fixed:
                 raise self._mismatch(args, kwargs, key)
             entry = self._compile_for(args, kwargs, key)
         self._latest = entry
         return entry, leaves
+
+    # --- dynamic dims (fxforge.dynamic) ---
+
+    @staticmethod
+    def _structure(key: tuple) -> tuple:
+        """What a dynamic graph fixes about a call: the pytree, each tensor's dtype, device and
+        rank, and every non-tensor input's value; the sizes are what it leaves open."""
+        return (key[0], tuple(("tensor", len(k[1]), k[2], k[3]) if k[0] == "tensor" else k
+                              for k in key[1]))
+
+    def _specialize_for(self, key: tuple, leaves: list) -> _Entry | None:
+        """The entry for a call whose structure a dynamic graph has: that graph with the call's
+        sizes substituted (no capture, no passes), or DimError (an InputError) naming the input,
+        dim and range a size breaks; None when no dynamic graph has this structure."""
+        structure = self._structure(key)
+        for symbolic in self._symbolic:
+            if self._structure((key[0], symbolic.leaf_types)) != structure:
+                continue
+            shapes = [tuple(leaves[i].shape) for i in symbolic.captured.input_leaves]
+            values = symdims.bind(symbolic.graph, shapes)
+            entry = _Entry(symbolic.captured, symdims.specialize(symbolic.graph, values),
+                           key[1], symbolic.in_spec)
+            with self._lock:
+                found = self._entries.setdefault(key, entry)
+                if found is entry:
+                    self.report.specializations.append(
+                        ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+            return found
+        return None
+
+    def _dynamic_capture(self, args: tuple, kwargs: dict) -> Captured:
+        """One capture per call structure: a later call (a calibration sample, the first call
+        after calibrating) whose sizes the captured graph admits reuses it."""
+        key, leaves = self._key(args, kwargs)
+        for structure, captured in self._dynamic_captured:
+            if structure == self._structure(key):
+                try:
+                    symdims.bind(captured.graph,
+                                 [tuple(leaves[i].shape) for i in captured.input_leaves])
+                    return captured
+                except symdims.DimError:
+                    break
+        params = list(self._signature.parameters) if self._signature is not None else []
+        dims = resolve_dynamic(self._dynamic, args, kwargs, params[:len(args)])
+        captured = capture(self._model, args, kwargs, dims)
+        self._dynamic_captured.append((self._structure(key), captured))
+        self.report.dynamic = ", ".join(r.describe() for r in captured.graph.dims)
+        return captured
 
     # --- compiling ---
 
@@ -263,15 +318,25 @@ class CompiledModel:
         graph, records = self._manager.run(captured.graph, dump_subdir=subdir,
                                            samples=self._check_samples(captured, args, kwargs))
         before = captured.graph
+        values: dict[str, int] = {}
+        if graph.dims:  # a dynamic graph: FLOPs and this call's run are at the call's sizes
+            leaves = pytree.tree_flatten((args, kwargs))[0]
+            values = symdims.bind(graph, [tuple(leaves[i].shape) for i in captured.input_leaves])
         self.report.records.append(CompileRecord(
             signature, captured.export_seconds, captured.convert_seconds, records,
             len(before.nodes), len(graph.nodes), count_params(before), count_params(graph),
-            count_flops(before), count_flops(graph), list(captured.fallbacks),
+            symdims.evaluate(count_flops(before), values),
+            symdims.evaluate(count_flops(graph), values), list(captured.fallbacks),
             list(captured.warnings),
             self._quant.analysis if self._quant is not None else None))
         entry = _Entry(captured, graph, key[1], pytree.tree_flatten((args, kwargs))[1])
+        if graph.dims:
+            self._symbolic.append(entry)
+            self.report.specializations.append(
+                ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+            entry = _Entry(captured, symdims.specialize(graph, values), key[1], entry.in_spec)
         if self._device is not None:  # kernels are generated now, and listed in the report
-            program = self._triton_program(graph)
+            program = self._triton_program(entry.graph)
             entry.programs[str(self._device)] = program
             self.report.records[-1].kernels = list(program.assignments)
         self._entries[key] = entry
@@ -280,6 +345,8 @@ class CompiledModel:
 
     def _capture(self, args: tuple, kwargs: dict) -> Captured:
         """The model as IR for these inputs (an ONNX model imports instead: fxforge.onnx_model)."""
+        if self._dynamic is not None:
+            return self._dynamic_capture(args, kwargs)
         return capture(self._model, args, kwargs)
 
     # --- running ---
@@ -465,7 +532,7 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
             percentile: float = 99.99, min_sqnr: float | None = None,
             keep_float: Sequence[str] = (), weight_bits: int | None = None,
             smooth: float | bool | None = None, int8_layers: str = "all",
-            passes: str | list[str] | None = None, debug: Any = None,
+            passes: str | list[str] | None = None, debug: Any = None, dynamic: Any = None,
             **options: Any) -> CompiledModel:
     """Compile `model` for `target` (see `fxforge.TARGETS`).
 
@@ -475,6 +542,12 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
         the model is captured now and calls must match it; omitted, the model is captured at the
         first call and again for each new input signature.
+    dynamic: True makes dim 0 of every tensor input a batch size in 1..4096; a dict
+        {input_name: {dim: (min, max) | name | torch.export.Dim}} names any dims (dim 0 is
+        called B, dim 1 S: a batch and a sequence length shared by the inputs that name them).
+        The model is captured once with these dims symbolic and the passes run once; each new
+        size in range runs that graph with the size substituted. A size outside its range is an
+        InputError naming the input, dim and range (see fxforge.dynamic, README).
     passes: the pipeline as a list or comma-separated string of pass names (default: the
         target's); a list may hold callables `Graph -> Graph` or `Graph -> (Graph, stats)`
         beside names (a pass under development gets every instrument). debug: instruments of
@@ -530,8 +603,13 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
                              weight_bits=_weight_bits(info, weight_bits),
                              smooth=_smooth_alpha(smooth, calibration, pipeline),
                              int8_layers=_int8_layers(int8_layers, info))
+    dynamic = check_dynamic(dynamic)
+    if dynamic is not None and source is not None:
+        raise OptionError("dynamic= is for torch modules; an ONNX model's symbolic dims "
+                          "(dim_param) are specialized at each call's sizes")
     if source is None:
         compiled = CompiledModel(model, info, pipeline, DebugOptions.make(debug), quant, autotune)
+        compiled._dynamic = dynamic
     else:
         from fxforge.onnx_model import OnnxCompiledModel
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fxforge import symdims
 from fxforge.shapes import norm_dim, norm_dims
 
 aten = torch.ops.aten
@@ -466,7 +467,8 @@ CONVERTERS[aten.max_pool2d_with_indices.default] = _max_pool
 CONVERTERS[aten.avg_pool2d.default] = _avg_pool
 for _target in (aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default):
     CONVERTERS[_target] = lambda ctx, n: ctx.emit(
-        "adaptive_avg_pool2d", [ctx.value(n.args[0])], output_size=tuple(n.meta["val"].shape[2:]))
+        "adaptive_avg_pool2d", [ctx.value(n.args[0])],
+        output_size=ctx.sizes(n.meta["val"].shape[2:]))
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -474,7 +476,7 @@ for _target in (aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.defa
 
 def _reshape_like_meta(ctx, n):
     """Every view/reshape/flatten becomes a reshape to the shape torch computed."""
-    return ctx.emit("reshape", [ctx.value(n.args[0])], shape=tuple(n.meta["val"].shape))
+    return ctx.emit("reshape", [ctx.value(n.args[0])], shape=ctx.sizes(n.meta["val"].shape))
 
 
 for _target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default,
@@ -518,7 +520,7 @@ CONVERTERS[aten.cat.default] = _cat
 def _split_like_meta(ctx, n):
     x = ctx.value(n.args[0])
     dim = norm_dim(_arg(n, 2, "dim", 0), x.type.ndim)
-    sizes = tuple(t.shape[dim] for t in n.meta["val"])
+    sizes = ctx.sizes([t.shape[dim] for t in n.meta["val"]])
     pieces = ctx.emit("split", [x], n_outputs=len(sizes), sizes=sizes, dim=dim)
     return pieces if isinstance(pieces, tuple) else (pieces,)
 
@@ -541,15 +543,37 @@ CONVERTERS[aten.unbind.int] = _unbind
 def _slice(ctx, n):
     x = ctx.value(n.args[0])
     dim = norm_dim(_arg(n, 1, "dim", 0), x.type.ndim)
-    start, end, step = _arg(n, 2, "start"), _arg(n, 3, "end"), _arg(n, 4, "step", 1)
-    span = range(x.type.shape[dim])[slice(start, end if end != sys.maxsize else None, step)]
+    start, end, step = (ctx.size_arg(_arg(n, i, name, d)) for i, name, d in
+                        ((2, "start", None), (3, "end", None), (4, "step", 1)))
+    size = x.type.shape[dim]
+    if symdims.is_sym(size) or symdims.is_sym(start) or symdims.is_sym(end):
+        return _symbolic_slice(ctx, x, dim, size, start, end, step)
+    span = range(size)[slice(start, end if end != sys.maxsize else None, step)]
     return ctx.emit("slice", [x], dim=dim, start=span.start, end=span.stop, step=span.step)
 
 
+def _symbolic_slice(ctx, x, dim: int, size: Any, start: Any, end: Any, step: int):
+    """A slice where the size or a bound is symbolic (a dynamic capture), with bounds >= 0
+    (`x[:, :seq_len]`, `x[1:]`). Its length is checked against the one torch derived for every
+    size in range (Lowering's type check), so a bound torch would clamp is refused there."""
+    start = 0 if start is None else start
+    end = size if end is None or end == sys.maxsize else end
+    if type(start) is int and start < 0 or type(end) is int and end < 0:
+        raise Unconvertible("negative slice bounds over a symbolic size")
+    return ctx.emit("slice", [x], dim=dim, start=start, end=end, step=step)
+
+
 CONVERTERS[aten.slice.Tensor] = _slice
-CONVERTERS[aten.select.int] = lambda ctx, n: ctx.emit(
-    "select", [ctx.value(n.args[0])], dim=norm_dim(n.args[1], len(n.args[0].meta["val"].shape)),
-    index=n.args[2] % n.args[0].meta["val"].shape[n.args[1]])
+def _select(ctx, n):
+    x = ctx.value(n.args[0])
+    dim, index = norm_dim(n.args[1], x.type.ndim), n.args[2]
+    size = x.type.shape[dim]
+    if symdims.is_sym(size) and index < 0:
+        raise Unconvertible("a negative index into a symbolic dim")
+    return ctx.emit("select", [x], dim=dim, index=index if symdims.is_sym(size) else index % size)
+
+
+CONVERTERS[aten.select.int] = _select
 CONVERTERS[aten.unsqueeze.default] = lambda ctx, n: ctx.emit(
     "unsqueeze", [ctx.value(n.args[0])], dim=norm_dim(n.args[1], len(n.meta["val"].shape)))
 
@@ -564,7 +588,7 @@ def _squeeze(ctx, n):
 for _target in (aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims):
     CONVERTERS[_target] = _squeeze
 CONVERTERS[aten.expand.default] = lambda ctx, n: ctx.emit(
-    "expand", [ctx.value(n.args[0])], shape=tuple(n.meta["val"].shape))
+    "expand", [ctx.value(n.args[0])], shape=ctx.sizes(n.meta["val"].shape))
 
 
 def _pad_to(ctx, n, mode: str, value: Any = 0.0):
@@ -596,10 +620,13 @@ for _k in (1, 2, 3):
 
 
 def _arange(ctx, n):
-    numbers = list(n.args)
+    numbers = [ctx.size_arg(a) for a in n.args]
     start, end, step = {1: lambda: (0, numbers[0], 1), 2: lambda: (*numbers, 1),
                         3: lambda: tuple(numbers)}[len(numbers)]()
-    return ctx.emit("arange", [], start=float(start), end=float(end), step=float(step),
+    def number(v):  # a symbolic bound stays a dim (fxforge.symdims)
+        return v if symdims.is_sym(v) else float(v)
+
+    return ctx.emit("arange", [], start=number(start), end=number(end), step=number(step),
                     dtype=ctx.dtype_name(n.meta["val"].dtype))
 
 
@@ -610,7 +637,7 @@ for _target in (aten.arange.default, aten.arange.start, aten.arange.start_step):
 def _filled(value_of: Callable[[torch.fx.Node], Any]) -> Converter:
     def convert(ctx, n):
         val = n.meta["val"]
-        return ctx.emit("full", [], shape=tuple(val.shape), value=float(value_of(n)),
+        return ctx.emit("full", [], shape=ctx.sizes(val.shape), value=float(value_of(n)),
                         dtype=ctx.dtype_name(val.dtype))
 
     return convert

@@ -23,8 +23,9 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind, TensorArgument
 
-from fxforge import dtypes, ops
+from fxforge import dtypes, ops, symdims
 from fxforge.aten import CONVERTERS, IGNORED, Unconvertible
+from fxforge.dynamic import DynamicDims, SymbolMap, export_inputs, torch_dynamic_shapes
 from fxforge.errors import CaptureError, UnsupportedModelError
 from fxforge.ir import Attrs, ConstData, Graph, NameGenerator, Node, Provenance, TensorType, Value
 from fxforge.kernels import opaque
@@ -71,6 +72,8 @@ _HINTS = [
      "on shapes, or express it with torch.where / torch.cond"),
     (("item()", "_local_scalar_dense", "Tensor.item"), _ITEM_HINT),
     (("numpy",), "the model calls .numpy() or numpy functions on tensors; use torch ops instead"),
+    (("Constraints violated",), "the model does not run every size of a range given in "
+     "dynamic=: narrow the range to what torch found (above)"),
 ]
 
 
@@ -99,6 +102,11 @@ def capture_error(tree: ShadowTree, model_name: str, exc: BaseException) -> Capt
                 "data-dependent control flow and non-tensor outputs torch cannot trace")
     message = (f"torch.export could not capture {model_name}: "
                f"{type(exc).__name__}: {first}")
+    if "Constraints violated" in first:  # torch's guard and its suggested Dim say which sizes
+        found = [line.strip() for line in text.splitlines()
+                 if line.strip().startswith(("- Not all values", "- You marked"))
+                 or re.match(r"\s*\w+ = Dim\(", line)]
+        message += "".join(f"\n  {line}" for line in found[:8])
     if where:
         message += f"\n  in module {where}"
     message += f"\n  hint: {hint}"
@@ -109,35 +117,55 @@ def capture_error(tree: ShadowTree, model_name: str, exc: BaseException) -> Capt
 EXPORT_LOCK = threading.RLock()
 
 
-def export(model: torch.nn.Module, args: tuple, kwargs: dict
-           ) -> tuple[ExportedProgram, ShadowTree]:
+def export(model: torch.nn.Module, args: tuple, kwargs: dict,
+           dynamic: DynamicDims | None = None) -> tuple[ExportedProgram, ShadowTree]:
     """torch.export in inference mode, functionalized, of a shadow of `model` (see
-    `fxforge.shadow`): the user's module, its flags and its tensors are never touched."""
+    `fxforge.shadow`): the user's module, its flags and its tensors are never touched.
+    `dynamic`: the symbolic dims (fxforge.dynamic), as torch.export's `dynamic_shapes`."""
     tree = ShadowTree(model)
     with EXPORT_LOCK:
         try:
-            exported, args, kwargs = flat_inputs(tree.root, args, kwargs)
+            if dynamic is not None:
+                args, kwargs = export_inputs(dynamic, args, kwargs)
+            exported, flat_args, flat_kwargs = flat_inputs(tree.root, args, kwargs)
+            shapes = None
+            if dynamic is not None:
+                flat = exported is not tree.root
+                names = _parameter_names(tree.root, len(args)) if kwargs and not flat else None
+                shapes = torch_dynamic_shapes(dynamic, args, kwargs, names, flat)
             exported.eval()
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-                program = torch.export.export(exported, args, kwargs, strict=False)
+                program = torch.export.export(exported, flat_args, flat_kwargs, strict=False,
+                                              dynamic_shapes=shapes)
                 return program.run_decompositions({}), tree
         except Exception as exc:
             raise capture_error(tree, type(model).__name__, exc) from exc
+
+
+def _parameter_names(module: torch.nn.Module, n: int) -> list[str]:
+    """The names of the first `n` parameters of `module.forward` (dynamic_shapes by name)."""
+    import inspect
+
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) < n:
+        raise CaptureError(f"forward takes {len(params)} positional inputs, got {n}")
+    return [p.name for p in params[:n]]
 
 
 # ---------------------------------------------------------------------------------------------
 # Lowering
 
 
-def _tensor_type(val: Any, where: str) -> TensorType:
+def _tensor_type(val: Any, where: str, symbols: SymbolMap | None = None) -> TensorType:
     if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)):
         raise CaptureError(f"{where}: produces a Python number ({type(val).__name__}), which a "
                            f"compiled graph cannot hold\n  hint: {_ITEM_HINT}")
     if not isinstance(val, torch.Tensor):
         raise CaptureError(f"{where}: expected a tensor, found {type(val).__name__}")
     try:
-        shape = tuple(int(d) for d in val.shape)
+        shape = tuple(int(d) if symbols is None else symbols.dim(d) for d in val.shape)
     except Exception as e:  # noqa: BLE001 - a size only known at run time (a boolean mask)
         raise CaptureError(f"{where}: its shape depends on the data ({type(e).__name__})\n  "
                            "hint: boolean-mask indexing (x[mask]), nonzero() and unique() give a "
@@ -160,6 +188,7 @@ class Lowering:
         self.fallbacks: list[Fallback] = []
         self.warnings: list[str] = []
         self.current: torch.fx.Node | None = None
+        self.symbols: SymbolMap | None = None  # a dynamic capture's sizes (fxforge.dynamic)
 
     # --- the converter API ---
 
@@ -177,6 +206,25 @@ class Lowering:
         if not isinstance(found, Value):
             raise Unconvertible(f"expected a tensor argument, got {arg!r}")
         return found
+
+    def sizes(self, shape: Any) -> tuple:
+        """torch's sizes (ints, or SymInts of a dynamic capture) as the IR's dims."""
+        if self.symbols is None:
+            return tuple(int(d) for d in shape)
+        try:
+            return tuple(self.symbols.dim(d) for d in shape)
+        except ValueError as e:
+            raise Unconvertible(str(e)) from None
+
+    def size_arg(self, arg: Any) -> Any:
+        """An op's int argument: a number, or (a dynamic capture) a size computed from the
+        inputs' shapes (an fx node holding a SymInt), as an IR dim."""
+        if isinstance(arg, torch.fx.Node):
+            found = self.env.get(arg)
+            if found is None or isinstance(found, Value):
+                raise Unconvertible(f"expected a size argument, got {arg!r}")
+            return found
+        return arg
 
     def dtype_name(self, dtype: torch.dtype) -> str:
         return dtypes.from_torch(dtype)
@@ -251,7 +299,7 @@ class Lowering:
                 if r is not None:
                     self._check_types(r, v)
             return
-        expected = _tensor_type(val, "converter check")
+        expected = _tensor_type(val, "converter check", self.symbols)
         got = result.type
         if (got.shape, got.dtype) != (expected.shape, expected.dtype):
             raise Unconvertible(f"inferred {got} but torch computes {expected}")
@@ -282,7 +330,7 @@ class Lowering:
             raise CaptureError(f"cannot represent {n.target} at {where}: {e}") from None
         val = n.meta.get("val")
         vals = list(val) if isinstance(val, (tuple, list)) else [val]
-        types = [_tensor_type(v, f"{n.target} at {where}") for v in vals]
+        types = [_tensor_type(v, f"{n.target} at {where}", self.symbols) for v in vals]
         base = sanitize_name(str(n.target).split(".")[1])
         outs = tuple(Value(self.names.claim(base), t) for t in types)
         attrs = ops.complete_attrs(ops.get("torch_op"), {
@@ -299,9 +347,20 @@ def _state_tensor(program: ExportedProgram, target: str) -> torch.Tensor:
     return program.constants[target]
 
 
-def to_ir(program: ExportedProgram, real_names: Callable[[str], str] = str) -> Captured:
-    """Lower an exported program. Placeholders become graph inputs or constants."""
+def to_ir(program: ExportedProgram, real_names: Callable[[str], str] = str,
+          dynamic: DynamicDims | None = None) -> Captured:
+    """Lower an exported program. Placeholders become graph inputs or constants; with
+    `dynamic`, torch's symbolic sizes become the IR's symbols (fxforge.symdims), and shape
+    inference knows their declared ranges (a buffer sliced to a sequence length fits)."""
+    with symdims.assume(dynamic.ranges if dynamic is not None else ()):
+        return _lower(program, real_names, dynamic)
+
+
+def _lower(program: ExportedProgram, real_names: Callable[[str], str],
+           dynamic: DynamicDims | None) -> Captured:
     low = Lowering(real_names)
+    if dynamic is not None:
+        low.symbols = SymbolMap()
     signature = program.graph_signature
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
     inputs: list[Value] = []
@@ -310,7 +369,10 @@ def to_ir(program: ExportedProgram, real_names: Callable[[str], str] = str) -> C
     for node, spec in zip(placeholders, signature.input_specs):
         if spec.kind == InputKind.USER_INPUT:
             if isinstance(spec.arg, TensorArgument):
-                t = _tensor_type(node.meta["val"], f"input {node.name}")
+                if dynamic is not None and user_index in dynamic.per_leaf:
+                    low.symbols.learn(node.meta["val"].shape, dynamic.per_leaf[user_index],
+                                      f"input {node.name}")
+                t = _tensor_type(node.meta["val"], f"input {node.name}", low.symbols)
                 v = Value(low.names.claim(sanitize_name(node.name)), t)
                 inputs.append(v)
                 input_leaves.append(user_index)
@@ -350,6 +412,11 @@ def to_ir(program: ExportedProgram, real_names: Callable[[str], str] = str) -> C
             low.env[node] = item
         elif node.target in IGNORED or not node.users:
             continue
+        elif low.symbols is not None and isinstance(node.meta.get("val"), torch.SymInt):
+            try:  # sym_size and arithmetic on sizes: a python value that shape args read
+                low.env[node] = low.symbols.dim(node.meta["val"])
+            except ValueError as e:
+                raise CaptureError(f"{node.name}: {e}") from None
         else:
             low.convert(node)
 
@@ -368,16 +435,18 @@ def to_ir(program: ExportedProgram, real_names: Callable[[str], str] = str) -> C
         else:
             value = low.env.get(arg) if isinstance(arg, torch.fx.Node) else arg
             leaves.append(("const", value))
-    graph = Graph(tuple(inputs), tuple(low.nodes), tuple(graph_outputs))
+    dims = low.symbols.ranges(program, dynamic) if low.symbols is not None else ()
+    graph = Graph(tuple(inputs), tuple(low.nodes), tuple(graph_outputs), dims)
     return Captured(graph, tuple(input_leaves), tuple(leaves), program.call_spec.out_spec,
                     low.fallbacks, low.warnings)
 
 
-def capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
+def capture(model: torch.nn.Module, args: tuple, kwargs: dict,
+            dynamic: DynamicDims | None = None) -> Captured:
     start = time.perf_counter()
-    program, tree = export(model, args, kwargs)
+    program, tree = export(model, args, kwargs, dynamic)
     middle = time.perf_counter()
-    captured = to_ir(program, tree.real_names)
+    captured = to_ir(program, tree.real_names, dynamic)
     if model.training:
         captured.warnings.insert(0, "the model is in training mode; it was compiled for "
                                     "inference, as after model.eval() (dropout off, batch norm "

@@ -69,6 +69,8 @@ class Report:
     records: list[CompileRecord] = field(default_factory=list)
     int8: str | None = None  # int8 targets: weight bits and (cpu-int8) the CPU's int8 scheme
     int8_choices: list[str] = field(default_factory=list)  # int8_layers="measured", per layer
+    dynamic: str | None = None  # compile(dynamic=...): the symbols and their ranges
+    specializations: list[str] = field(default_factory=list)  # sizes run from a dynamic graph
 
     @property
     def captures(self) -> int:
@@ -86,6 +88,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "pipeline": list(self.pipeline), "int8": self.int8,
                 "int8_choices": list(self.int8_choices), "captures": self.captures,
+                "dynamic": self.dynamic, "specializations": list(self.specializations),
                 "records": [asdict(r) for r in self.records]}
 
     def __str__(self) -> str:
@@ -102,6 +105,11 @@ class Report:
         for i, r in enumerate(self.records, 1):
             lines.append(f"  {i}. {r.signature}  (export {r.export_seconds:.2f} s, "
                          f"lowering {r.convert_seconds:.2f} s)")
+        if self.dynamic:
+            lines.append(f"dynamic dims: {self.dynamic} (one capture and one pipeline serve "
+                         "every size in range)")
+            lines.append(f"  sizes run, each the dynamic graph with the size substituted: "
+                         f"{'; '.join(self.specializations) or 'none yet'}")
         r = self.records[-1]
         lines += ["", f"{'':10}{'before':>12}{'after':>12}{'change':>10}"]
         for label, before, after in (("nodes", r.nodes_before, r.nodes_after),
