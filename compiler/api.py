@@ -540,8 +540,9 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         with torch tensors positionally in the ONNX input order or by input name, returning its
         outputs in the ONNX output order (one output: the tensor; several: a tuple).
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs. Given,
-        the model is captured now and calls must match it; omitted, the model is captured at the
-        first call and again for each new input signature.
+        the model is captured now and calls must match it (or, with `dynamic`, fit its ranges);
+        omitted, the model is captured at the first call and again for each new input
+        signature (with `dynamic`: once, for every size in range).
     dynamic: True makes dim 0 of every tensor input a batch size in 1..4096; a dict
         {input_name: {dim: (min, max) | name | torch.export.Dim}} names any dims (dim 0 is
         called B, dim 1 S: a batch and a sequence length shared by the inputs that name them).
