@@ -13,6 +13,7 @@ entry); calls of a known signature take no lock (programs keep no per-call state
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import numbers
 import threading
@@ -55,6 +56,15 @@ class _Entry:
     leaf_types: tuple[Any, ...]
     in_spec: Any = None  # the pytree spec of the call's (args, kwargs), for saving
     programs: dict[str, TorchProgram] = field(default_factory=dict)
+    constants: dict = field(default_factory=dict)  # (digest, device) -> tensor, see _specialized
+
+
+def _outside_a_range(graph: Graph, shapes: list[tuple]) -> bool:
+    """Whether a size given for a bare symbol of `graph` is outside that symbol's range."""
+    ranges = {r.name: r for r in graph.dims}
+    return any(symdims.is_sym(d) and d.is_Symbol and d.name in ranges
+               and not ranges[d.name].contains(int(n))
+               for v, shape in zip(graph.inputs, shapes) for d, n in zip(v.type.shape, shape))
 
 
 def _leaf_key(leaf: Any) -> tuple:
@@ -221,24 +231,47 @@ class CompiledModel:
                               for k in key[1]))
 
     def _specialize_for(self, key: tuple, leaves: list) -> _Entry | None:
-        """The entry for a call whose structure a dynamic graph has: that graph with the call's
-        sizes substituted (no capture, no passes), or DimError (an InputError) naming the input,
-        dim and range a size breaks; None when no dynamic graph has this structure."""
+        """The entry for a call that a dynamic graph admits: that graph with the call's sizes
+        substituted (no capture, no passes). None when none admits it; with example_inputs
+        (nothing else may be captured) the DimError (an InputError) naming the input, dim and
+        range a size breaks."""
         structure = self._structure(key)
+        refused: symdims.DimError | None = None
         for symbolic in self._symbolic:
             if self._structure((key[0], symbolic.leaf_types)) != structure:
                 continue
             shapes = [tuple(leaves[i].shape) for i in symbolic.captured.input_leaves]
-            values = symdims.bind(symbolic.graph, shapes)
-            entry = _Entry(symbolic.captured, symdims.specialize(symbolic.graph, values),
-                           key[1], symbolic.in_spec)
+            try:
+                values = symdims.bind(symbolic.graph, shapes)
+            except symdims.DimError as e:
+                if _outside_a_range(symbolic.graph, shapes):
+                    raise  # a size the user's (or the model's) range excludes: not recaptured
+                refused = refused or e  # a static dim differs: another graph, or a capture
+                continue
+            entry = self._specialized(symbolic, values, key[1])
             with self._lock:
                 found = self._entries.setdefault(key, entry)
                 if found is entry:
                     self.report.specializations.append(
                         ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
             return found
+        if refused is not None and self._fixed:
+            raise refused
         return None
+
+    @staticmethod
+    def _specialized(symbolic: _Entry, values: dict[str, int], leaf_types: tuple) -> _Entry:
+        """`symbolic` at these sizes: the static graph, output sizes the model returns as
+        numbers evaluated, and the weights shared with every other size (one copy per device,
+        not one per size)."""
+        captured = symbolic.captured
+        leaves = tuple((kind, int(symdims.evaluate(ref, values))
+                        if kind == "const" and symdims.is_sym(ref) else ref)
+                       for kind, ref in captured.output_leaves)
+        if leaves != captured.output_leaves:
+            captured = dataclasses.replace(captured, output_leaves=leaves)
+        return _Entry(captured, symdims.specialize(symbolic.graph, values), leaf_types,
+                      symbolic.in_spec, constants=symbolic.constants)
 
     def _dynamic_capture(self, args: tuple, kwargs: dict) -> Captured:
         """One capture per call structure: a later call (a calibration sample, the first call
@@ -252,8 +285,14 @@ class CompiledModel:
                     return captured
                 except symdims.DimError:
                     break
-        params = list(self._signature.parameters) if self._signature is not None else []
-        dims = resolve_dynamic(self._dynamic, args, kwargs, params[:len(args)])
+        params = list(self._signature.parameters.values()) if self._signature else []
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                           p.POSITIONAL_OR_KEYWORD)]
+        named = set(positional) | {p.name for p in params if p.kind == p.KEYWORD_ONLY}
+        if len(args) > len(positional) or any(k not in named for k in kwargs):
+            raise OptionError(f"dynamic= needs the inputs of {self._name}.forward named; this "
+                              "call passes some through *args or **kwargs")
+        dims = resolve_dynamic(self._dynamic, args, kwargs, positional[:len(args)])
         captured = capture(self._model, args, kwargs, dims)
         self._dynamic_captured.append((self._structure(key), captured))
         self.report.dynamic = ", ".join(r.describe() for r in captured.graph.dims)
@@ -269,6 +308,8 @@ class CompiledModel:
         # model while being captured must not hold this model's lock against that one's
         with EXPORT_LOCK, self._lock:
             entry = self._entries.get(key)  # another thread may have captured it meanwhile
+            if entry is None and self._symbolic:  # or a dynamic graph that admits this call
+                entry = self._specialize_for(key, pytree.tree_flatten((args, kwargs))[0])
             return entry if entry is not None else self._capture_entry(args, kwargs, key)
 
     def _check_samples(self, captured: Captured, args: tuple, kwargs: dict) -> list | None:
@@ -334,7 +375,7 @@ class CompiledModel:
             self._symbolic.append(entry)
             self.report.specializations.append(
                 ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
-            entry = _Entry(captured, symdims.specialize(graph, values), key[1], entry.in_spec)
+            entry = self._specialized(entry, values, key[1])
         if self._device is not None:  # kernels are generated now, and listed in the report
             program = self._triton_program(entry.graph)
             entry.programs[str(self._device)] = program
@@ -384,7 +425,8 @@ class CompiledModel:
             return [o.to(device) for o in program(inputs)]
         program = entry.programs.get(str(device))
         if program is None:
-            program = entry.programs[str(device)] = TorchProgram(entry.graph, device)
+            program = entry.programs[str(device)] = TorchProgram(entry.graph, device,
+                                                                 shared=entry.constants)
         with torch.no_grad():
             return program(inputs)
 
@@ -605,6 +647,9 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
                              smooth=_smooth_alpha(smooth, calibration, pipeline),
                              int8_layers=_int8_layers(int8_layers, info))
     dynamic = check_dynamic(dynamic)
+    if dynamic is not None and int8_layers == "measured":
+        raise OptionError("int8_layers='measured' times each layer at one size; with dynamic= "
+                          "use int8_layers='all'")
     if dynamic is not None and source is not None:
         raise OptionError("dynamic= is for torch modules; an ONNX model's symbolic dims "
                           "(dim_param) are specialized at each call's sizes")

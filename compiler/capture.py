@@ -134,13 +134,25 @@ def export(model: torch.nn.Module, args: tuple, kwargs: dict,
                 names = _parameter_names(tree.root, len(args)) if kwargs and not flat else None
                 shapes = torch_dynamic_shapes(dynamic, args, kwargs, names, flat)
             exported.eval()
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), _size_oblivious(dynamic):
                 warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
                 program = torch.export.export(exported, flat_args, flat_kwargs, strict=False,
                                               dynamic_shapes=shapes)
                 return program.run_decompositions({}), tree
         except Exception as exc:
             raise capture_error(tree, type(model).__name__, exc) from exc
+
+
+def _size_oblivious(dynamic: DynamicDims | None):
+    """For a dynamic capture, torch's `backed_size_oblivious`: a branch on a dynamic size being
+    1 becomes a guard (fxforge.dynamic narrows the range by it) or an error, instead of being
+    decided silently for sizes >= 2 (torch's 0/1 specialization)."""
+    import contextlib
+
+    config = getattr(torch.fx.experimental, "_config", None)
+    if dynamic is None or not hasattr(config, "backed_size_oblivious"):
+        return contextlib.nullcontext()
+    return config.patch(backed_size_oblivious=True)
 
 
 def _parameter_names(module: torch.nn.Module, n: int) -> list[str]:

@@ -15,8 +15,9 @@ not matter to the graph, only to torch's guards, which then hold for every size 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ class DynamicDims:
     """Which dims of which call leaves are symbolic: {leaf index: {dim: DimRange}}."""
 
     per_leaf: Mapping[int, Mapping[int, symdims.DimRange]]
+    names: Mapping[str, int] = field(default_factory=dict)  # input name -> leaf (one tensor)
 
     @property
     def ranges(self) -> tuple[symdims.DimRange, ...]:
@@ -55,7 +57,7 @@ def check_option(dynamic: Any) -> Any:
     if not isinstance(dynamic, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Mapping) for k, v in dynamic.items()):
         raise OptionError(f"dynamic={dynamic!r}: expected True, or a dict {{input name: {{dim: "
-                          "(min, max) | name | torch.export.Dim}}}}")
+                          "(min, max) | name | torch.export.Dim}}")
     return dynamic
 
 
@@ -67,12 +69,15 @@ def _range(name: str, spec: Any, where: str) -> symdims.DimRange:
     elif type(spec).__name__ in ("Dim", "_Dim", "_DerivedDim") or hasattr(spec, "min"):
         name = getattr(spec, "__name__", name)
         lo, hi = getattr(spec, "min", 1), getattr(spec, "max", DEFAULT_MAX)
-        hi = DEFAULT_MAX if hi is None or hi > symdims.INT64_MAX else hi
+        lo = 1 if type(lo) is int and lo < 1 else lo  # torch's Dim defaults to 0: no bound
+        hi = DEFAULT_MAX if type(hi) is int and hi > symdims.INT64_MAX else hi
     else:
         raise OptionError(f"dynamic: {where}: expected (min, max), a name or a torch.export.Dim, "
                           f"got {spec!r}")
+    if any(type(v) is not int for v in (lo, hi)):
+        raise OptionError(f"dynamic: {where}: the range needs integer bounds, got {spec!r}")
     try:
-        return symdims.DimRange(name, max(int(lo), 1), int(hi))
+        return symdims.DimRange(name, lo, hi)
     except (TypeError, ValueError) as e:
         raise OptionError(f"dynamic: {where}: {e}") from None
 
@@ -89,7 +94,7 @@ def resolve(dynamic: Any, args: tuple, kwargs: dict, names: Sequence[str]) -> Dy
                 per_leaf[i] = {0: batch}
         if not per_leaf:
             raise OptionError("dynamic=True: the call has no tensor input with a dim 0")
-        return _checked(DynamicDims(per_leaf), leaves)
+        return _checked(DynamicDims(per_leaf, _top_level_leaves(args, kwargs, names)), leaves)
     top = _top_level_leaves(args, kwargs, names)
     for input_name, dims in dynamic.items():
         if input_name not in top:
@@ -98,12 +103,14 @@ def resolve(dynamic: Any, args: tuple, kwargs: dict, names: Sequence[str]) -> Dy
         i = top[input_name]
         for dim, spec in dims.items():
             where = f"{input_name} dim {dim}"
-            if type(dim) is not int or not -leaves[i].ndim <= dim < leaves[i].ndim:
+            if type(dim) is not int:
+                raise OptionError(f"dynamic: {input_name}: dims are ints, got {dim!r}")
+            if not -leaves[i].ndim <= dim < leaves[i].ndim:
                 raise OptionError(f"dynamic: {where}: {input_name} has rank {leaves[i].ndim}")
             dim %= leaves[i].ndim
             per_leaf.setdefault(i, {})[dim] = _range(_DEFAULT_NAMES.get(dim, f"D{dim}"), spec,
                                                      where)
-    return _checked(DynamicDims(per_leaf), leaves)
+    return _checked(DynamicDims(per_leaf, top), leaves)
 
 
 def _top_level_leaves(args: tuple, kwargs: dict, names: Sequence[str]) -> dict[str, int]:
@@ -197,7 +204,8 @@ class SymbolMap:
         return symdims.normalize(expr.xreplace(self.to_user))
 
     def ranges(self, program: Any, dims: DynamicDims) -> tuple[symdims.DimRange, ...]:
-        """The declared ranges, narrowed to what torch.export proved (`range_constraints`)."""
+        """The declared ranges, narrowed to what torch.export proved (`range_constraints`) and
+        to the guards it kept on input sizes (see `_narrow_by_guards`)."""
         narrowed = {}
         for torch_sym, ours in self.to_user.items():
             r = next(r for r in dims.ranges if r.name == ours.name)
@@ -207,4 +215,55 @@ class SymbolMap:
                 lo = max(lo, int(vr.lower)) if vr.lower.is_finite else lo
                 hi = min(hi, int(vr.upper)) if vr.upper.is_finite else hi
             narrowed[ours.name] = symdims.DimRange(ours.name, lo, hi, r.multiple_of)
+        _narrow_by_guards(narrowed, getattr(program, "_guards_code", None) or [], dims)
         return tuple(narrowed.values())
+
+
+_SAME = re.compile(r"L\['(\w+)'\]\.size\(\)\[(\d+)\] == L\['(\w+)'\]\.size\(\)\[(\d+)\]")
+_GUARD = re.compile(r"L\['([A-Za-z_][A-Za-z0-9_]*)'\]\.size\(\)\[(\d+)\] (>=|<=|>|<|==|!=) (-?\d+)")
+
+
+def _narrow_by_guards(ranges: dict[str, symdims.DimRange], guards: Sequence[str],
+                      dims: DynamicDims) -> None:
+    """torch.export traces a dynamic size as >= 2 and keeps a condition the model placed on
+    sizes (`if x.shape[0] > 1`) as a guard on the inputs, not in `range_constraints`: such a
+    guard on a dynamic dim narrows its range (so size 1 is refused, not run on a graph traced
+    for 2 and more). A guard this cannot read as a bound is a CaptureError. The guard is text
+    that torch made: it is matched by a regex, never evaluated."""
+    def symbol(name: str, dim: str) -> str | None:
+        r = dims.per_leaf.get(dims.names.get(name, -1), {}).get(int(dim))
+        return r.name if r is not None else None
+
+    for guard in guards:
+        if ".size()" not in guard:
+            continue
+        same = _SAME.fullmatch(guard.strip())
+        if same is not None and symbol(*same.group(1, 2)) is not None \
+                and symbol(*same.group(1, 2)) == symbol(*same.group(3, 4)):
+            continue  # two dims named alike: one symbol already
+        m = _GUARD.fullmatch(guard.strip())
+        per_dim = dims.per_leaf.get(dims.names.get(m.group(1), -1), {}) if m else {}
+        r = per_dim.get(int(m.group(2))) if m else None
+        if m is not None and r is None:
+            continue  # a static dim
+        if m is None:
+            raise CaptureError(f"the model holds only where `{guard}` (torch.export's guard on "
+                               "input sizes), which fxforge cannot keep as a range; give "
+                               "dynamic= ranges inside which it always holds")
+        now = ranges[r.name]
+        lo, hi, c = now.min, now.max, int(m.group(4))
+        op = m.group(3)
+        if op in (">", ">="):
+            lo = max(lo, c + (op == ">"))
+        elif op in ("<", "<="):
+            hi = min(hi, c - (op == "<"))
+        elif op == "==":
+            lo, hi = max(lo, c), min(hi, c)
+        elif c in (lo, hi):
+            lo, hi = (lo + 1, hi) if c == lo else (lo, hi - 1)
+        elif lo <= c <= hi:
+            raise CaptureError(f"the model does not run {r.name} = {c} (`{guard}`), inside "
+                               f"{now}; give dynamic= a range without it")
+        if lo > hi:
+            raise CaptureError(f"no size of {now} meets `{guard}`")
+        ranges[r.name] = symdims.DimRange(r.name, lo, hi, now.multiple_of)

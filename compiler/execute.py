@@ -116,7 +116,9 @@ class TorchProgram:
     backend_name = "torch backend"
     straight_line = True  # generate straight-line code after the first call (see __call__)
 
-    def __init__(self, graph: Graph, device: torch.device):
+    def __init__(self, graph: Graph, device: torch.device, shared: dict | None = None):
+        """`shared`: (constant digest, device) -> tensor, filled and reused across programs (the
+        sizes of one dynamic graph share their weights; constants are never written to)."""
         self.graph = graph
         self.device = device
         self.constants: dict[str, torch.Tensor] = {}
@@ -130,7 +132,13 @@ class TorchProgram:
                 array = node.attrs["value"].array
                 if array is None:
                     raise ExecutionError(f"{node.describe()}: constant data was elided")
-                self.constants[node.output.name] = torch.from_numpy(np.array(array)).to(device)
+                key = (node.attrs["value"].digest, str(device))
+                tensor = shared.get(key) if shared is not None else None
+                if tensor is None:
+                    tensor = torch.from_numpy(np.array(array)).to(device)
+                    if shared is not None:  # setdefault: a thread that lost the race uses
+                        tensor = shared.setdefault(key, tensor)  # the winner's copy
+                self.constants[node.output.name] = tensor
         if self._variants is None:
             self._lower_all()
 
