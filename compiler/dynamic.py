@@ -9,8 +9,11 @@ runs once on it, and each new size in range is a substitution of the optimized g
 capture (`CompiledModel` caches the static graph and program per size).
 
 torch.export specializes sizes 0 and 1 (a batch-1 example would make the batch static), so a
-dynamic dim of size 1 is exported from an example repeated to size 2; the example's values do
-not matter to the graph, only to torch's guards, which then hold for every size in range.
+dynamic dim of size 1 is exported from an example repeated to size 2. It also traces dynamic
+sizes as >= 2: fxforge.capture turns on torch's `backed_size_oblivious`, so a branch the model
+takes on a size (`if x.shape[0] > 1`) becomes a guard instead of a silent assumption, and the
+guards on input sizes narrow the declared ranges (`SymbolMap.ranges`): a size the trace does not
+cover is refused, never run on the graph traced for the others.
 """
 
 from __future__ import annotations
