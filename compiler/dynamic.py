@@ -69,7 +69,7 @@ def _range(name: str, spec: Any, where: str) -> symdims.DimRange:
         name, lo, hi = spec, 1, DEFAULT_MAX
     elif isinstance(spec, tuple) and len(spec) == 2:
         lo, hi = spec
-    elif type(spec).__name__ in ("Dim", "_Dim", "_DerivedDim") or hasattr(spec, "min"):
+    elif hasattr(spec, "min"):  # a torch.export.Dim
         name = getattr(spec, "__name__", name)
         lo, hi = getattr(spec, "min", 1), getattr(spec, "max", DEFAULT_MAX)
         lo = 1 if type(lo) is int and lo < 1 else lo  # torch's Dim defaults to 0: no bound

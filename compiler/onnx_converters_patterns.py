@@ -31,7 +31,7 @@ import numpy as np
 
 from fxforge import dtypes
 from fxforge.ir import Graph, Node, Value
-from fxforge.passes.canonicalize import RULES as CANONICAL_RULES
+from fxforge.passes.canonicalize import LINEAR_BIAS
 from fxforge.passes.formulas import GELU, is_scalar, only, scalar, takeover
 from fxforge.passes.rewrite import Rewriter, Rule, rewrite
 from fxforge.shapes import norm_dim
@@ -201,7 +201,7 @@ def _attention(node: Node, rw: Rewriter) -> Sequence[Value] | None:
 
 
 RULES = [
-    next(rule for rule in CANONICAL_RULES if rule.name == "linear-bias"),
+    LINEAR_BIAS,
     Rule("ne", "Not(Equal(a, b)) is ne(a, b)", _ne),
     Rule("silu", "x * sigmoid(x) is silu(x)", _silu),
     Rule("rsqrt", "1 / sqrt(x) is rsqrt(x)", _rsqrt),

@@ -49,8 +49,8 @@ def _fold_const_product(node: Node, rw: Rewriter) -> Sequence[Value] | None:
 
 
 def _matmul_by_constant(node: Node, rw: Rewriter) -> Sequence[Value] | None:
-    """x @ W with W a constant [K, N] (GPT-2's Conv1D, `addmm`) is linear(x, W.T): then fusion
-    folds its bias in and int8 quantizes it like any linear layer."""
+    """x @ W with W a constant [K, N] (GPT-2's Conv1D, `addmm`) is linear(x, W.T): then
+    `linear-bias` folds its bias in and int8 quantizes it like any linear layer."""
     if node.op != "matmul":
         return None
     x, w = node.inputs
@@ -93,6 +93,10 @@ def _whole_window_pool(node: Node, rw: Rewriter) -> Sequence[Value] | None:
     return rw.emit("adaptive_avg_pool2d", [x], {"output_size": (1, 1)}, node.provenance).outputs
 
 
+LINEAR_BIAS = Rule("linear-bias", "add(linear(x, W), b) with a constant b [N] is linear(x, W, b)",
+                   _linear_bias)
+
+
 def _op(names: str, condition=lambda node: True):
     ops = set(names.split())
     return lambda node: node.op in ops and condition(node)
@@ -113,8 +117,7 @@ RULES = [
          _fold_const_product),
     Rule("matmul-to-linear", "x @ W with a constant W [K, N] is linear(x, W.T)",
          _matmul_by_constant),
-    Rule("linear-bias", "add(linear(x, W), b) with a constant b [N] is linear(x, W, b)",
-         _linear_bias),
+    LINEAR_BIAS,
     Rule("whole-window-pool", "avg_pool2d of one window over the whole input is the global "
          "average", _whole_window_pool),
     GELU,

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import sympy
 import torch
+from graph_builder import GraphBuilder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from random_graphs import random_graphs, random_inputs
@@ -576,73 +577,44 @@ def _cnn(n, h):
     """conv -> batch norm -> relu -> max pool -> cat -> split -> global pool -> linear ->
     softmax, for a batch `n` and image size `h` (ints, or symbols)."""
     rng = np.random.default_rng(0)
-    nodes = []
-
-    def const(name, array):
-        v = Value(name, TensorType(array.shape, "f32"))
-        nodes.append(Node("const", (), (v,), Attrs({"value": ConstData(array)})))
-        return v
-
-    def emit(op, ins, name, **attrs):
-        node = ops.build_node(op, ins, attrs, [name] if op != "split" else [name, name + "b"])
-        nodes.append(node)
-        return node.outputs
-
+    b = GraphBuilder()
     x = Value("x", TensorType((n, 3, h, h), "f32"))
-    w = const("w", rng.standard_normal((6, 3, 3, 3)).astype(np.float32))
-    bias = const("bias", rng.standard_normal(6).astype(np.float32))
-    (c,) = emit("conv2d", [x, w, bias], "c", stride=(2, 2), padding=(1, 1))
-    stats = [const(f"s{i}", (rng.random(6) + 0.5).astype(np.float32)) for i in range(4)]
-    (bn,) = emit("batch_norm", [c, *stats], "bn")
-    (r,) = emit("relu", [bn], "r")
-    (p,) = emit("max_pool2d", [r], "p", kernel=(2, 2), stride=(2, 2))
-    (cat,) = emit("cat", [p, p], "cat", dim=1)
-    s1, _ = emit("split", [cat], "sp", sizes=(4, 8), dim=1)
-    (g,) = emit("adaptive_avg_pool2d", [s1], "g", output_size=(1, 1))
-    (flat,) = emit("reshape", [g], "flat", shape=(n, -1))
-    lw = const("lw", rng.standard_normal((5, 4)).astype(np.float32))
-    (lin,) = emit("linear", [flat, lw], "lin")
-    (sm,) = emit("softmax", [lin], "sm", dim=-1)
-    return Graph((x,), tuple(nodes), (sm, p))
+    w = b.const(rng.standard_normal((6, 3, 3, 3)).astype(np.float32))
+    bias = b.const(rng.standard_normal(6).astype(np.float32))
+    c = b("conv2d", [x, w, bias], stride=(2, 2), padding=(1, 1))
+    stats = [b.const((rng.random(6) + 0.5).astype(np.float32)) for _ in range(4)]
+    r = b("relu", [b("batch_norm", [c, *stats])])
+    p = b("max_pool2d", [r], kernel=(2, 2), stride=(2, 2))
+    s1, _ = b("split", [b("cat", [p, p], dim=1)], n_out=2, sizes=(4, 8), dim=1)
+    g = b("adaptive_avg_pool2d", [s1], output_size=(1, 1))
+    flat = b("reshape", [g], shape=(n, -1))
+    lw = b.const(rng.standard_normal((5, 4)).astype(np.float32))
+    sm = b("softmax", [b("linear", [flat, lw])], dim=-1)
+    return Graph((x,), tuple(b.nodes), (sm, p))
 
 
 def _attention(n, s):
     """ids -> embedding + positions (arange) -> q/k/v linears -> heads -> causal attention ->
     merge heads -> layer norm; and a slice dropping the last position."""
     rng = np.random.default_rng(1)
-    nodes = []
-
-    def const(name, array):
-        v = Value(name, TensorType(array.shape, "f32"))
-        nodes.append(Node("const", (), (v,), Attrs({"value": ConstData(array)})))
-        return v
-
-    def emit(op, ins, name, **attrs):
-        node = ops.build_node(op, ins, attrs, [name])
-        nodes.append(node)
-        return node.output
-
+    b = GraphBuilder()
     ids = Value("ids", TensorType((n, s), "i64"))
-    table = const("table", rng.standard_normal((16, 8)).astype(np.float32))
-    pos_table = const("pos", rng.standard_normal((64, 8)).astype(np.float32))
-    e = emit("embedding", [table, ids], "e")
-    positions = emit("arange", [], "positions", start=0, end=s, dtype="i64")
-    pe = emit("embedding", [pos_table, positions], "pe")
-    h = emit("add", [e, pe], "h")
+    table = b.const(rng.standard_normal((16, 8)).astype(np.float32))
+    pos_table = b.const(rng.standard_normal((64, 8)).astype(np.float32))
+    positions = b("arange", [], start=0, end=s, dtype="i64")
+    h = b("add", [b("embedding", [table, ids]), b("embedding", [pos_table, positions])])
     heads = []
-    for name in "qkv":
-        w = const(f"w{name}", rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
-        t = emit("linear", [h, w], f"{name}0")
-        t = emit("reshape", [t], f"{name}1", shape=(n, s, 2, 4))
-        heads.append(emit("permute", [t], f"{name}2", dims=(0, 2, 1, 3)))
-    a = emit("scaled_dot_product_attention", heads, "a", is_causal=True)
-    a = emit("permute", [a], "a1", dims=(0, 2, 1, 3))
-    a = emit("reshape", [a], "a2", shape=(n, s, -1))
-    ln_w = const("ln_w", np.ones(8, np.float32))
-    ln_b = const("ln_b", np.zeros(8, np.float32))
-    out = emit("layer_norm", [a, ln_w, ln_b], "out")
-    head = emit("slice", [out], "head", dim=1, start=0, end=s - 1)
-    return Graph((ids,), tuple(nodes), (out, head))
+    for _ in "qkv":
+        w = b.const(rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
+        t = b("reshape", [b("linear", [h, w])], shape=(n, s, 2, 4))
+        heads.append(b("permute", [t], dims=(0, 2, 1, 3)))
+    a = b("scaled_dot_product_attention", heads, is_causal=True)
+    a = b("reshape", [b("permute", [a], dims=(0, 2, 1, 3))], shape=(n, s, -1))
+    ln_w = b.const(np.ones(8, np.float32))
+    ln_b = b.const(np.zeros(8, np.float32))
+    out = b("layer_norm", [a, ln_w, ln_b])
+    head = b("slice", [out], dim=1, start=0, end=s - 1)
+    return Graph((ids,), tuple(b.nodes), (out, head))
 
 
 def _with_dims(graph, *ranges):
