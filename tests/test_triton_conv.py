@@ -13,6 +13,9 @@ What is checked, and to what tolerance:
   1] and [C, 1, 1]), in float and int8.
 - shapes: batch 1 and 2, 1x1 / 3x3 / 5x5 / 7x7 kernels, stride 2, padding, dilation, odd
   channel counts (3, 5, 33: masks on every edge of the tiles), every CONFIGS entry once.
+- grouped convs (groups 2 to 8, and depthwise) in the GEMM kernel: float (f32, f16, with bias
+  and epilogues), int8 accumulators exact and int8 outputs, per-group channel counts below and
+  above the blocks, RegNet-like (groups 8, 3x3 stride 2) and wav2vec2-like ((1, 7) kernel).
 - outputs are channels_last; wrong shapes, dtypes and epilogue operands raise clear ValueErrors.
 """
 
@@ -28,7 +31,7 @@ from fxforge import ops
 from fxforge.ir import TensorType
 from fxforge.kernels import reference as ref
 from fxforge.kernels import reference_quant as rq
-from fxforge.kernels.triton import conv, depthwise
+from fxforge.kernels.triton import conv, conv_common, depthwise
 from fxforge.kernels.triton.codegen import Epilogue
 
 F16_TOL = dict(rtol=2e-3, atol=2e-3)
@@ -311,6 +314,132 @@ def test_requantize_rounds_half_to_even():
     np.testing.assert_array_equal(big.numpy(), rq.requantize(x.astype(np.float32), 0.25, -3))
 
 
+# --- grouped conv (groups > 1 in the implicit-GEMM kernel) --------------------------------------
+
+# (x shape, Cout, kernel, stride, padding, dilation, groups): per-group channel counts that are
+# not multiples of the blocks (Cin_g 8, 5, 1; Cout_g 4, 5, 1) and ones above them (Cin_g and
+# Cout_g 40 > 32: two K steps and two column tiles per group, the second partial).
+G_CASES = [
+    ((1, 24, 6, 6), 12, (3, 3), (2, 2), (1, 1), (1, 1), 3),
+    ((2, 8, 5, 5), 16, (1, 1), (1, 1), (0, 0), (1, 1), 2),
+    ((1, 16, 7, 7), 20, (3, 3), (1, 1), (2, 2), (2, 2), 4),
+    ((2, 40, 5, 6), 40, (3, 3), (1, 2), (1, 0), (1, 1), 8),
+    ((1, 80, 4, 4), 80, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+    ((1, 64, 7, 7), 64, (3, 3), (2, 2), (1, 1), (1, 1), 8),  # RegNet-like group conv
+    ((1, 64, 1, 12), 64, (1, 7), (1, 1), (0, 3), (1, 1), 4),  # wav2vec2-like positional conv
+    ((1, 6, 5, 5), 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise runs here too
+]
+G_IDS = ["g3-s2", "g2-1x1", "g4-dil2", "g8-asym", "g2-wide", "regnet", "wav2vec2", "dw"]
+
+
+def _g_out_shape(case):
+    x_shape, cout, kernel, stride, padding, dilation, _ = case
+    ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+              zip(x_shape[2:], kernel, stride, padding, dilation))
+    return (x_shape[0], cout, ho, wo)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", G_CASES, ids=G_IDS)
+def test_grouped_conv2d_float(case, dtype):
+    """Bias and an epilogue that reads per-channel and residual operands by the global output
+    channel (the kind rotates over the cases)."""
+    x_shape, cout, kernel, stride, padding, dilation, groups = case
+    rng = _rng("grouped", case, dtype)
+    k = x_shape[1] // groups * kernel[0] * kernel[1]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal((cout, x_shape[1] // groups, *kernel)) / np.sqrt(k)).astype(dtype)
+    bias = rng.standard_normal(cout).astype(dtype)
+    kind = EPILOGUES[G_CASES.index(case) % len(EPILOGUES)]
+    steps, extra = _epilogue_inputs(rng, kind, _g_out_shape(case), dtype)
+    epi, expected = _float_case([x, w, bias] + extra, steps,
+                                _geom(stride, padding, dilation, groups), True)
+    operands = {3 + i: _t(a, channels_last=True) for i, a in enumerate(extra)}
+    y = conv.conv2d(_t(x, channels_last=x_shape[0] == 2), conv.prepare_weight(_t(w)),
+                    kernel_size=kernel, bias=_t(bias), stride=stride, padding=padding,
+                    dilation=dilation, groups=groups, epilogue=epi, operands=operands)
+    _assert_cl(y, expected.shape)
+    assert y.dtype == torch.from_numpy(x).dtype
+    np.testing.assert_allclose(y.numpy().astype(np.float64), expected.astype(np.float64),
+                               **(F32_TOL if dtype == np.float32 else F16_TOL))
+
+
+@pytest.mark.parametrize("case, cfg", [(G_CASES[4], conv.CONFIGS[-1]),
+                                       (G_CASES[5], conv.CONFIGS[0]),
+                                       (G_CASES[3], conv.CONFIGS[6])], ids=["64x32", "128x128",
+                                                                            "64x64"])
+def test_grouped_conv2d_configs(case, cfg):
+    """Tuning configs whose BLOCK_N is below Cout_g (tiles per group) and far above it."""
+    x_shape, cout, kernel, stride, padding, dilation, groups = case
+    rng = _rng("grouped-config", case, sorted(cfg.items()))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((cout, x_shape[1] // groups, *kernel)).astype(np.float32)
+    expected = ref.conv2d(x, w, **_geom(stride, padding, dilation, groups))
+    y = conv.conv2d(_t(x, True), conv.prepare_weight(_t(w)), kernel_size=kernel, stride=stride,
+                    padding=padding, dilation=dilation, groups=groups, config=cfg)
+    np.testing.assert_allclose(y.numpy(), expected, **F32_TOL)
+
+
+@pytest.mark.parametrize("case, zp", [(c, 13) for c in G_CASES] + [
+    (G_CASES[0], -128), (G_CASES[3], 127)], ids=[f"{i}-13" for i in G_IDS] + [
+    "g3-s2--128", "g8-asym-127"])
+def test_grouped_qconv2d_accumulator_exact(case, zp):
+    x_shape, cout, kernel, stride, padding, dilation, groups = case
+    rng = _rng("grouped-acc", case, zp)
+    x, w = _int8(rng, x_shape), _int8(rng, (cout, x_shape[1] // groups, *kernel))
+    expected = rq.qconv2d_acc(x, w, zp, stride, padding, dilation, groups)
+    y = conv.qconv2d(_t(x, True), conv.prepare_weight(_t(w)), torch.ones(cout),
+                     kernel_size=kernel, x_scale=0.5, x_zero_point=zp, stride=stride,
+                     padding=padding, dilation=dilation, groups=groups, out_dtype="i32")
+    _assert_cl(y, expected.shape)
+    assert y.dtype == torch.int32
+    np.testing.assert_array_equal(y.numpy(), expected)
+
+
+@pytest.mark.parametrize("case, dynamic, out_dtype, kind", [
+    (G_CASES[0], False, "i8", "residual"),
+    (G_CASES[2], False, "f32", "channel_mul"),
+    (G_CASES[5], False, "i8", "channel_mul_3d_then_residual"),
+    (G_CASES[6], True, "f32", "relu"),
+    (G_CASES[3], False, "i8", "relu"),
+], ids=["g3-i8-residual", "g4-f32-mul", "regnet-i8-mul-residual", "wav2vec2-dynamic",
+        "g8-i8-relu"])
+def test_grouped_qconv2d(case, dynamic, out_dtype, kind):
+    """int8 grouped convs with bias, per-channel w_scale, a nonzero x_zero_point with padding,
+    and an epilogue: f32 outputs to 1e-5, i8 outputs within 1 LSB."""
+    x_shape, cout, kernel, stride, padding, dilation, groups = case
+    rng = _rng("grouped-q", case, dynamic, out_dtype, kind)
+    base = _q_inputs(rng, x_shape, cout, (x_shape[1] // groups, *kernel), True, dynamic)
+    steps, extra = _epilogue_inputs(rng, kind, _g_out_shape(case), np.float32)
+    shift = 1 + dynamic
+    steps = [dict(s, operand=s["operand"] + shift) if "operand" in s else s for s in steps]
+    zp, out_scale = (0 if dynamic else -9), (0.05 if out_dtype == "i8" else None)
+    epi, expected = _quant_case(base + extra, steps, _geom(stride, padding, dilation, groups),
+                                True, 0.021, zp, out_dtype, out_scale, 4 if out_scale else 0,
+                                dynamic)
+    operands = {3 + shift + i: _t(a, True) for i, a in enumerate(extra)}
+    y = conv.qconv2d(_t(base[0], True), conv.prepare_weight(_t(base[1])), _t(base[2]),
+                     kernel_size=kernel, x_scale=_t(base[4]) if dynamic else 0.021,
+                     x_zero_point=zp, bias=_t(base[3]), stride=stride, padding=padding,
+                     dilation=dilation, groups=groups, epilogue=epi, operands=operands,
+                     out_dtype=out_dtype, out_scale=out_scale,
+                     out_zero_point=4 if out_scale else 0)
+    _check_q(y, expected, out_dtype)
+
+
+def test_grouped_source():
+    """groups = 1 launches the kernel source of before groups existed (no group index). A
+    grouped tile masks its columns to its own group: the interpreter runs the programs in
+    order, so a tile writing into the next group's columns would be overwritten by that group's
+    tile and pass the tests above; on a GPU it would race. So the mask is checked here."""
+    finish = conv_common.make_finish(None, None, (1, 8, 4, 4), "f32", True, None, "f32")
+    plain, grouped = conv._source(finish, False), conv._source(finish, False, True)
+    assert "grp" not in plain and "NG" not in plain and "offs_n = pid_n * BLOCK_N" in plain
+    assert "x_rows = x_rows + grp * CIN" in grouped
+    assert grouped.index("mask_n = offs_ng < NG") > grouped.index("mask_n = offs_n < N")
+    assert "mask_n = offs_ng < NG" in grouped.split("for it in")[0]
+
+
 # --- depthwise ----------------------------------------------------------------------------------
 
 # (x shape, kernel, stride, padding, dilation)
@@ -418,8 +547,12 @@ def test_configs_fit_h100():
 def test_supports_says_why():
     one = ((3, 3), (1, 1), (1, 1), (1, 1))
     assert conv.supports(*one, 1, 16, 32) is None
-    assert "grouped" in conv.supports(*one, 2, 16, 32)
-    assert "depthwise" in conv.supports(*one, 16, 16, 16)
+    assert conv.supports(*one, 2, 16, 32) is None
+    assert conv.supports(*one, 8, 64, 64) is None
+    assert conv.supports(*one, 16, 16, 16) is None  # depthwise: runs, depthwise.py is faster
+    assert "divide both Cin = 16 and Cout = 30" in conv.supports(*one, 4, 16, 30)
+    assert "divide both Cin = 24 and Cout = 12" in conv.supports(*one, 5, 24, 12)
+    assert "must be >= 1" in conv.supports(*one, 0, 16, 16)
     assert depthwise.supports(*one, 16, 16, 16) is None
     assert "groups = Cin = Cout" in depthwise.supports(*one, 16, 16, 32)
     assert "groups = Cin = Cout" in depthwise.supports(*one, 1, 16, 16)
@@ -468,6 +601,15 @@ def _x(shape=(1, 4, 6, 6), dtype=torch.float32):
     (lambda: conv.qconv2d(_x(dtype=torch.int8), conv.prepare_weight(_x((8, 4, 3, 3),
                           torch.int8)), torch.ones(8), kernel_size=3, x_scale=0.1,
                           config=dict(conv.CONFIGS[0], BLOCK_K=16)), "BLOCK_K >= 32"),
+    (lambda: conv.conv2d(_x(), conv.prepare_weight(_x((8, 4, 3, 3))), kernel_size=3, groups=2),
+     r"kh\*kw\*Cin/groups \(groups = 2\) = 18"),
+    (lambda: conv.conv2d(_x(), conv.prepare_weight(_x((8, 4, 3, 3))), kernel_size=3, groups=3),
+     r"groups = 3 must be >= 1 and divide the input's Cin = 4"),
+    (lambda: conv.conv2d(_x(), conv.prepare_weight(_x((7, 2, 3, 3))), kernel_size=3, groups=2),
+     "groups = 2 must divide Cout = 7"),
+    (lambda: conv.qconv2d(_x(dtype=torch.int8), conv.prepare_weight(_x((8, 4, 3, 3),
+                          torch.int8)), torch.ones(8), kernel_size=3, x_scale=0.1, groups=0),
+     "groups = 0 must be >= 1"),
     (lambda: depthwise.depthwise_conv2d(_x(), depthwise.prepare_depthwise_weight(
         _x((5, 1, 3, 3))), kernel_size=3), r"\[kh\*kw = 9, C = 4\]"),
     (lambda: depthwise.prepare_depthwise_weight(_x((4, 2, 3, 3))), r"\[C, 1, kh, kw\]"),
