@@ -5,12 +5,17 @@ Autotuning happens at a node's first run, when real input shapes are known: each
 times its kernel module's CONFIGS with `autotune.Tuner` (cached on disk, so a second compile of
 the same model does not time again). Under the interpreter timing means nothing, so tuning is
 off there unless asked for.
+
+On CUDA, calls go through a CUDA graph (`cuda_graph`): captured at the second call, after the
+first has compiled and tuned every kernel, and replayed after; off where the graph cannot be
+captured (`cuda_graph.why_not`), under the interpreter, or when asked (`cuda_graphs=False`).
+`cuda_graph_status` says which, for the report.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +24,7 @@ import torch
 from fxforge.execute import TorchProgram
 from fxforge.ir import Graph, Node
 from fxforge.kernels.triton import jit
+from fxforge.kernels.triton.cuda_graph import CaptureBackend, CudaGraphBackend, GraphReplay, why_not
 from fxforge.kernels.triton.lower import Context, Lowered, lower
 
 
@@ -35,11 +41,57 @@ class Assignment:
 class TritonProgram(TorchProgram):
     backend_name = "Triton backend (torch for unclaimed nodes)"
 
-    def __init__(self, graph: Graph, device: torch.device, autotune: bool | None = None):
+    def __init__(self, graph: Graph, device: torch.device, autotune: bool | None = None,
+                 cuda_graphs: bool | None = None,
+                 graph_backend: CaptureBackend | None = None):
+        """cuda_graphs: None, on where it can be (a CUDA device, no interpreter, a graph that
+        `cuda_graph.why_not` passes); True, on wherever the graph passes, given a CUDA device or
+        a `graph_backend` (a stand-in capture mechanism: tests run it on the CPU); False, off.
+        graph_backend: None, `torch.cuda.CUDAGraph` (`cuda_graph.CudaGraphBackend`)."""
         self.assignments: list[Assignment] = []
         self.tuned_kernels: set[str] = set()  # autotuner identities, for saving their picks
         self.autotune = (not jit.interpreting()) if autotune is None else autotune
         super().__init__(graph, device)
+        self.cuda_graph: GraphReplay | None = None
+        self._cuda_graph_off = self._why_no_graph(cuda_graphs, graph_backend)
+        if self._cuda_graph_off is None:
+            if graph_backend is None:
+                graph_backend = CudaGraphBackend(self.device)
+            self.cuda_graph = GraphReplay(
+                lambda xs: super(TritonProgram, self).__call__(xs), graph_backend)
+
+    def _why_no_graph(self, asked: bool | None, backend: object) -> str | None:
+        """The cuda_graph_status of a program without a graph; None: it gets one."""
+        if asked is False:
+            return "not asked"
+        reason = why_not(self.graph)
+        if reason is None and backend is None:
+            if jit.interpreting():
+                reason = "Triton runs under its CPU interpreter (TRITON_INTERPRET=1)"
+            elif torch.device(self.device).type != "cuda":
+                reason = f"the device is {self.device}, not CUDA"
+        return None if reason is None else f"off: {reason}"
+
+    @property
+    def cuda_graph_status(self) -> str:
+        """"on", "off: <reason>" (the graph cannot be captured, or capture failed), or
+        "not asked"."""
+        replay = self.cuda_graph
+        if replay is None:
+            return self._cuda_graph_off or "not asked"
+        return replay.status if replay.off else "on"
+
+    def __call__(self, inputs: Sequence[torch.Tensor],
+                 observe: Callable[[str, torch.Tensor], None] | None = None,
+                 **kwargs: Any) -> list[torch.Tensor]:
+        """TorchProgram's call, through the CUDA graph where it is on; a call that observes
+        values (or passes anything else) runs plainly."""
+        replay = self.cuda_graph
+        if replay is None or observe is not None or kwargs:
+            return super().__call__(inputs, observe, **kwargs)
+        if len(inputs) != len(self.graph.inputs):  # the plain run's error, not a failed capture
+            return super().__call__(inputs)
+        return replay(inputs)
 
     def lower(self, node: Node) -> tuple[Callable[..., Any], dict[str, Any]]:
         result = lower(node, Context(self.constants))
