@@ -148,6 +148,7 @@ class CompiledModel:
         self._signature = signature
         self._name = name
         self._dynamic: Any = None  # compile(dynamic=...): see fxforge.dynamic
+        self._cuda_graphs: bool | None = None  # compile(cuda_graphs=...): kernels/triton
         self._symbolic: list[_Entry] = []  # dynamic captures, after the pipeline
         self._dynamic_captured: list[tuple[tuple, Captured]] = []  # (structure, capture)
 
@@ -380,6 +381,7 @@ class CompiledModel:
             program = self._triton_program(entry.graph)
             entry.programs[str(self._device)] = program
             self.report.records[-1].kernels = list(program.assignments)
+            self.report.records[-1].cuda_graphs = program.cuda_graph_status
         self._entries[key] = entry
         self._latest = entry
         return entry
@@ -398,7 +400,8 @@ class CompiledModel:
     def _triton_program(self, graph: Graph) -> TorchProgram:
         from fxforge.kernels.triton.program import TritonProgram
 
-        return TritonProgram(graph, self._device, autotune=self._autotune)
+        return TritonProgram(graph, self._device, autotune=self._autotune,
+                             cuda_graphs=self._cuda_graphs)
 
     def _execute(self, entry: _Entry, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         if self._device is not None:
@@ -618,7 +621,11 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
     cuda targets (`cuda`, `cuda-fp16`, `cuda-int8`, `cuda-int4`) run generated Triton kernels on
     a CUDA device (or on the CPU under TRITON_INTERPRET=1); the report lists which nodes became
     which kernels. autotune: time each kernel's candidate configs at first run, cached on disk
-    (default: on a GPU, off under the interpreter); False for quick compiles.
+    (default: on a GPU, off under the interpreter); False for quick compiles. cuda_graphs: replay
+    each compiled signature as a CUDA graph after its first call (one launch instead of one per
+    kernel; results are copies, never the graph's buffers). Default None: on a CUDA device
+    wherever the graph allows it (no opaque torch_op, no symbolic dims); False: plain launches.
+    The report says which and why.
     """
     source = None
     if not isinstance(model, torch.nn.Module):
@@ -630,9 +637,14 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
         source = OnnxSource(model)
     info = get_target(target)
     autotune = options.pop("autotune", None) if info.backend == "triton" else None
+    cuda_graphs = options.pop("cuda_graphs", None) if info.backend == "triton" else None
     if options:
         raise TypeError(f"compile() got unknown option(s) {sorted(options)} for target {target!r}"
-                        + ("" if info.backend != "triton" else "; Triton targets take autotune="))
+                        + ("" if info.backend != "triton"
+                           else "; Triton targets take autotune= and cuda_graphs="))
+    if cuda_graphs not in (None, True, False):
+        raise OptionError(f"cuda_graphs must be True, False or None (on where possible), got "
+                          f"{cuda_graphs!r}")
     int8 = info.precision == "int8"
     if not int8 and (calibration is not None or min_sqnr is not None or keep_float
                      or weight_bits is not None or smooth not in (None, False)):
@@ -661,6 +673,7 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
 
         compiled = OnnxCompiledModel(source, info, pipeline, DebugOptions.make(debug), quant,
                                      autotune)
+    compiled._cuda_graphs = cuda_graphs
     if example_inputs is not None:
         args, kwargs = _normalize_example(example_inputs)
         compiled._compile_for(args, kwargs)

@@ -47,6 +47,7 @@ class CompileRecord:
     warnings: list[str] = field(default_factory=list)
     quantization: QuantAnalysis | None = None  # int8 targets with calibration data
     kernels: list[Any] = field(default_factory=list)  # Triton targets: kernels.triton Assignment
+    cuda_graphs: str = ""  # Triton targets: "on", "off: why", "not asked"
 
 
 def _si(n: float) -> str:
@@ -136,6 +137,8 @@ class Report:
             lines += ["", *quantization_lines(r.quantization)]
         if r.kernels:
             lines += ["", *kernel_lines(r.kernels)]
+        if r.cuda_graphs:
+            lines.append(f"CUDA graphs: {r.cuda_graphs}")
         for w in r.warnings:
             lines.append(f"warning: {w}")
         # names come from the model: no character of theirs may break or rewrite a line
@@ -164,11 +167,17 @@ def quantization_lines(q: QuantAnalysis) -> list[str]:
 def kernel_lines(kernels: list[Any]) -> list[str]:
     """Which nodes became which generated kernel, and why the others run on torch."""
     claimed = [k for k in kernels if k.kernel is not None]
+    views = [k for k in claimed if k.kernel.startswith("view")]
     torch_run = [k for k in kernels if k.kernel is None]
-    lines = [f"kernels: {len(claimed)} node(s) on generated Triton kernels, {len(torch_run)} on "
-             "the torch backend"]
+    opaque = [k for k in torch_run if k.op == "torch_op"]
+    lines = [f"kernels: {len(claimed) - len(views)} node(s) on generated Triton kernels, "
+             f"{len(views)} view(s) (no data moved), {len(torch_run)} on the torch backend"]
     lines += [f"  {k.node[:60]:62}{k.kernel}" for k in claimed]
     if torch_run:
         lines.append("  torch backend (fallback):")
         lines += [f"    {k.node[:58]:60}{k.reason}" for k in torch_run]
+    if len(opaque) == len(torch_run):
+        lines.append("  every IR op runs as a generated kernel or a view"
+                     + (f"; only the {len(opaque)} opaque torch_op node(s) run on torch"
+                        if opaque else ""))
     return lines

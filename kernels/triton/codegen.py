@@ -117,13 +117,19 @@ _ANY = {
     "gt": lambda a, _: f"{a[0]} > {a[1]}",
     "ge": lambda a, _: f"{a[0]} >= {a[1]}",
     "where": lambda a, _: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+    "bitwise_and": lambda a, _: f"{a[0]} & {a[1]}",  # bool and integers only (the IR's check)
+    "bitwise_or": lambda a, _: f"{a[0]} | {a[1]}",
+    "bitwise_xor": lambda a, _: f"{a[0]} ^ {a[1]}",
+    "bitwise_not": lambda a, _: f"~{a[0]}",
     "cast": lambda a, _: a[0],  # the conversion to the step's dtype follows every step
 }
 _COMPARE = frozenset(("eq", "ne", "lt", "le", "gt", "ge"))
 
 
 _BOOL = {"identity": "{0}", "dropout": "{0}", "relu": "{0}", "abs": "{0}", "add": "{0} | {1}",
-         "maximum": "{0} | {1}", "mul": "{0} & {1}", "minimum": "{0} & {1}"}
+         "maximum": "{0} | {1}", "mul": "{0} & {1}", "minimum": "{0} & {1}",
+         "bitwise_and": "{0} & {1}", "bitwise_or": "{0} | {1}", "bitwise_xor": "{0} ^ {1}",
+         "bitwise_not": "{0} == 0"}
 
 
 def step_refusal(op: str, attrs: Mapping[str, Any], in_types: Sequence[TensorType],

@@ -20,28 +20,12 @@ from typing import Any
 import torch
 
 from fxforge import dtypes, ops
-from fxforge.ir import Node, TensorType, Value
+from fxforge.ir import Node, TensorType
 from fxforge.kernels.triton.codegen import Epilogue
+from fxforge.kernels.triton.lower_layout import RULES as LAYOUT_RULES
+from fxforge.kernels.triton.lowered import Config, Context, Lowered
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class Lowered:
-    kernel: str  # what the report calls it, e.g. "int8 GEMM + epilogue (2 steps)"
-    fn: Callable[..., Any]  # node inputs (tensors, in order) -> result(s)
-    tune: Callable[[dict | None], None] | None = None  # set a config (autotuning)
-    configs: Sequence[dict] = ()  # the kernel module's candidates for `tune`
-
-
-class Context:
-    """What a rule may read: the program's constants (on the device) and the graph's values."""
-
-    def __init__(self, constants: dict[str, Tensor]):
-        self.constants = constants
-
-    def const(self, v: Value) -> Tensor | None:
-        return self.constants.get(v.name)
 
 
 Rule = Callable[[Node, Context], "Lowered | str"]
@@ -96,7 +80,10 @@ def _operands(epilogue: Epilogue, inputs: Sequence[Tensor]) -> dict[int, Tensor]
 
 
 def _linear_rows(x: Tensor) -> Tensor:
-    return x.reshape(-1, x.shape[-1]).contiguous()
+    """x as [M, K] rows, contiguous (a view when it is; else the copy kernel moves it)."""
+    from fxforge.kernels.triton import layout
+
+    return layout.contiguous(layout.reshape(x, (-1, x.shape[-1])))
 
 
 def _linear_operands(epilogue: Epilogue, inputs: Sequence[Tensor], out_shape) -> dict:
@@ -104,16 +91,6 @@ def _linear_operands(epilogue: Epilogue, inputs: Sequence[Tensor], out_shape) ->
     m, n = math.prod(out_shape[:-1]), out_shape[-1]
     return {i: t.expand(*out_shape).reshape(m, n)
             for i, t in _operands(epilogue, inputs).items()}
-
-
-class _Config:
-    """The launch config a lowered node uses; the autotuner sets it (None: the default)."""
-
-    def __init__(self):
-        self.value: dict | None = None
-
-    def set(self, config: dict | None) -> None:
-        self.value = config
 
 
 def _weighted(node: Node, ctx: Context) -> tuple[int, Epilogue, Tensor] | str:
@@ -140,7 +117,7 @@ def _float_linear(node: Node, ctx: Context) -> Lowered | str:
     base, epilogue, w = parts
     has_bias, x_t, out_t = base == 3, node.inputs[0].type, node.outputs[0].type
     out_dtype = dtypes.to_torch(out_t.dtype)
-    weight, config = w.contiguous(), _Config()
+    weight, config = w.contiguous(), Config()
 
     def run(x, _w, *rest):
         bias = rest[0].float() if has_bias else None
@@ -160,7 +137,7 @@ def _qlinear(node: Node, ctx: Context) -> Lowered | str:
         return parts
     _, epilogue, w = parts
     a, out_t = node.attrs, node.outputs[0].type
-    weight, config = w.contiguous(), _Config()
+    weight, config = w.contiguous(), Config()
 
     def run(x, _w, w_scale, *rest):
         bias = rest[0] if a["has_bias"] else None
@@ -181,6 +158,11 @@ def _qlinear(node: Node, ctx: Context) -> Lowered | str:
 _CONV_LABEL = {"conv": "implicit-GEMM conv", "depthwise": "depthwise conv"}
 
 
+def _conv_label(c: _Conv) -> str:
+    groups = c.geometry.get("groups", 1)
+    return _CONV_LABEL[c.kind] + (f", {groups} groups" if groups > 1 else "")
+
+
 @dataclass
 class _Conv:
     """A conv node's kernel: which one, its prepared weight, geometry and tuning candidates."""
@@ -189,7 +171,7 @@ class _Conv:
     float_fn: Callable[..., Tensor]
     int8_fn: Callable[..., Tensor]
     prepared: Any
-    geometry: dict[str, tuple]
+    geometry: dict[str, Any]  # kernel_size, stride, padding, dilation (and groups > 1)
     configs: Sequence[dict]
 
 
@@ -200,11 +182,14 @@ def _conv(node: Node, w: Tensor) -> _Conv | str:
     cout, cin_g, kh, kw = w.shape
     geometry = dict(kernel_size=(kh, kw), stride=tuple(a["stride"]),
                     padding=tuple(a["padding"]), dilation=tuple(a["dilation"]))
-    module = conv if a["groups"] == 1 else depthwise
-    why = module.supports(*geometry.values(), a["groups"], cin_g * a["groups"], cout)
+    groups, cin = a["groups"], cin_g * a["groups"]
+    module = depthwise if groups > 1 and groups == cin == cout else conv
+    why = module.supports(*geometry.values(), groups, cin, cout)
     if why is not None:
         return why
     if module is conv:
+        if groups > 1:
+            geometry["groups"] = groups
         return _Conv("conv", conv.conv2d, conv.qconv2d, conv.prepare_weight(w), geometry,
                      conv.CONFIGS)
     return _Conv("depthwise", depthwise.depthwise_conv2d, depthwise.depthwise_qconv2d,
@@ -226,7 +211,7 @@ def _float_conv(node: Node, ctx: Context) -> Lowered | str:
     if isinstance(parts, str):
         return parts
     base, epilogue, c = parts
-    has_bias, config = base == 3, _Config()
+    has_bias, config = base == 3, Config()
     out_dtype = dtypes.to_torch(node.outputs[0].type.dtype)
 
     def run(x, _w, *rest):
@@ -235,7 +220,7 @@ def _float_conv(node: Node, ctx: Context) -> Lowered | str:
                           operands=_operands(epilogue, (x, _w, *rest)), out_dtype=out_dtype,
                           config=config.value, **c.geometry)
 
-    return Lowered(f"{node.inputs[0].type.dtype} {_CONV_LABEL[c.kind]} (NHWC)"
+    return Lowered(f"{node.inputs[0].type.dtype} {_conv_label(c)} (NHWC)"
                    f"{_steps(epilogue)}", run, config.set, c.configs)
 
 
@@ -244,7 +229,7 @@ def _qconv(node: Node, ctx: Context) -> Lowered | str:
     if isinstance(parts, str):
         return parts
     _, epilogue, c = parts
-    a, config = node.attrs, _Config()
+    a, config = node.attrs, Config()
 
     def run(x, _w, w_scale, *rest):
         bias = rest[0] if a["has_bias"] else None
@@ -256,7 +241,7 @@ def _qconv(node: Node, ctx: Context) -> Lowered | str:
                          out_zero_point=a["out_zero_point"], config=config.value, **c.geometry)
 
     mode = "dynamic" if a["dynamic"] else "static"
-    return Lowered(f"int8 {_CONV_LABEL[c.kind]} (NHWC, {mode}, out {a['out_dtype']})"
+    return Lowered(f"int8 {_conv_label(c)} (NHWC, {mode}, out {a['out_dtype']})"
                    f"{_steps(epilogue)}", run, config.set, c.configs)
 
 
@@ -267,7 +252,7 @@ def _int4(node: Node, ctx: Context) -> Lowered | str:
     packed, scales = ctx.const(node.inputs[1]), ctx.const(node.inputs[2])
     if packed is None or scales is None:
         return "packed weights are not constants"
-    out_t, config = node.outputs[0].type, _Config()
+    out_t, config = node.outputs[0].type, Config()
 
     def run(x, _p, _s, *rest):
         bias = rest[0] if a["has_bias"] else None
@@ -316,8 +301,26 @@ def _chain(node: Node, steps: tuple, name: str) -> Lowered | str:
     return Lowered(name, run)
 
 
+# x ** c for a constant c that other steps express exactly (each correctly rounded, as the
+# reference's pow is): the table has no general pow
+_POW = {2.0: lambda i: {"op": "mul", "args": (i, i)}, 0.5: lambda i: {"op": "sqrt", "args": (i,)},
+        1.0: lambda i: {"op": "identity", "args": (i,)}}
+
+
+def _constant_pow(steps: tuple, node: Node, ctx: Context) -> tuple:
+    """`steps` with each pow by a constant 0-d node input of _POW rewritten (RMSNorm's x ** 2)."""
+    out = []
+    for step in steps:
+        if step["op"] == "pow" and step["args"][1] < len(node.inputs):
+            c = ctx.const(node.inputs[step["args"][1]])
+            if c is not None and c.numel() == 1 and float(c.reshape(())) in _POW:
+                step = _POW[float(c.reshape(()))](step["args"][0])
+        out.append(step)
+    return tuple(out)
+
+
 def _fused_elementwise(node: Node, ctx: Context) -> Lowered | str:
-    steps = tuple(node.attrs["steps"])
+    steps = _constant_pow(tuple(node.attrs["steps"]), node, ctx)
     return _chain(node, steps, f"fused elementwise ({', '.join(s['op'] for s in steps)})")
 
 
@@ -325,7 +328,8 @@ def _single_elementwise(node: Node, ctx: Context) -> Lowered | str:
     step = {"op": node.op, "args": tuple(range(len(node.inputs)))}
     if node.attrs:
         step["attrs"] = dict(node.attrs)
-    return _chain(node, (step,), f"elementwise ({node.op})")
+    steps = _constant_pow((step,), node, ctx)
+    return _chain(node, steps, f"elementwise ({steps[0]['op']})")
 
 
 def _softmax(node: Node, ctx: Context) -> Lowered | str:
@@ -352,6 +356,42 @@ def _reduce(node: Node, ctx: Context) -> Lowered | str:
     return Lowered(f"reduction ({node.op})", lambda x: reduce.reduce(x, node.op, dims, keepdim))
 
 
+def _attention(node: Node, ctx: Context) -> Lowered | str:
+    from fxforge.kernels.triton import attention
+
+    types = [v.type for v in node.inputs]
+    a = node.attrs
+    why = attention.supports(*types[:3], types[3] if len(types) == 4 else None, a)
+    if why is not None:
+        return why
+    config = Config()
+
+    def run(q, k, v, mask=None):
+        return attention.attention(q, k, v, mask, is_causal=a["is_causal"], scale=a["scale"],
+                                   config=config.value)
+
+    mask = "" if len(types) == 3 else f", {types[3].dtype} mask"
+    return Lowered(f"fused attention ({types[0].dtype}{', causal' if a['is_causal'] else ''}"
+                   f"{mask})", run, config.set, attention.configs(types[0].shape[-1]))
+
+
+_POOL_ATTRS = {"max_pool2d": ("kernel", "stride", "padding", "dilation", "ceil_mode"),
+               "avg_pool2d": ("kernel", "stride", "padding", "ceil_mode", "count_include_pad",
+                              "divisor_override"),
+               "adaptive_avg_pool2d": ("output_size",)}
+
+
+def _pool(node: Node, ctx: Context) -> Lowered | str:
+    from fxforge.kernels.triton import pool
+
+    why = pool.supports(node.op, node.inputs[0].type, node.attrs)
+    if why is not None:
+        return why
+    fn = getattr(pool, node.op)
+    kwargs = {k: node.attrs[k] for k in _POOL_ATTRS[node.op]}
+    return Lowered(f"{node.op} (NHWC tiles)", lambda x: fn(x, **kwargs))
+
+
 def _per_tensor(op: str):
     """quantize / dequantize: elementwise with the node's scale and zero point, on the NHWC view
     of a channels-last tensor so that the result stays channels-last."""
@@ -372,7 +412,7 @@ def _per_tensor(op: str):
 
 
 def _dynamic_quantize(node: Node, ctx: Context) -> Lowered | str:
-    from fxforge.kernels.triton import quant
+    from fxforge.kernels.triton import layout, quant
 
     mode = node.attrs["mode"]
 
@@ -380,7 +420,7 @@ def _dynamic_quantize(node: Node, ctx: Context) -> Lowered | str:
         if mode == "tensor" and _channels_last(x):
             q, s = quant.dynamic_quantize(_as_nhwc(x), mode)
             return _back_to_nchw(q), s
-        return quant.dynamic_quantize(x.contiguous(), mode)
+        return quant.dynamic_quantize(layout.contiguous(x), mode)
 
     return Lowered(f"dynamic quantize (per {mode})", run)
 
@@ -394,7 +434,10 @@ RULES: dict[str, Rule] = {
     "sum": _reduce, "mean": _reduce, "amax": _reduce,
     "quantize": _per_tensor("quantize"), "dequantize": _per_tensor("dequantize"),
     "dynamic_quantize": _dynamic_quantize,
+    "scaled_dot_product_attention": _attention,
+    "max_pool2d": _pool, "avg_pool2d": _pool, "adaptive_avg_pool2d": _pool,
 }
+RULES.update(LAYOUT_RULES)
 for _name, _opdef in ops.OPS.items():
     if _opdef.kind == "elementwise" and _name not in RULES and _name not in ("identity",
                                                                               "dropout"):

@@ -1,0 +1,143 @@
+"""Lowering rules for layout nodes: views where strides allow, the copy kernel where data moves.
+
+A view (permute, slice, select, squeeze, unsqueeze, expand, the pieces of a split, a reshape
+whose strides allow it) changes a tensor's shape and strides only: no data moves and nothing is
+launched, and every kernel downstream reads its input through strides. Where data must move
+(a reshape that no view can express, a change of storage order, `cat`, `pad`) it moves through
+`layout.py`'s generated copy kernel, never through a torch op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fxforge.ir import Node
+from fxforge.kernels.triton import layout
+from fxforge.kernels.triton.lowered import Context, Lowered
+
+
+def _slice(x: torch.Tensor, dim: int, start: int, end: int, step: int) -> torch.Tensor:
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+def _view(name: str, make: Callable[[Node], Callable[[torch.Tensor], object]]):
+    def rule(node: Node, ctx: Context) -> Lowered | str:
+        return Lowered(f"view ({name}, no copy)", make(node))
+
+    return rule
+
+
+def _reshape(node: Node, ctx: Context) -> Lowered | str:
+    shape = tuple(node.attrs["shape"])
+    return Lowered("reshape (a view; the copy kernel when strides do not allow one)",
+                   lambda x: layout.reshape(x, shape))
+
+
+def _cat(node: Node, ctx: Context) -> Lowered | str:
+    dim = node.attrs["dim"]
+    if any(v.type.dtype != node.outputs[0].type.dtype for v in node.inputs):
+        return "inputs of different dtypes (torch promotes them first)"
+    return Lowered("cat (copy kernel into one buffer)", lambda *xs: layout.cat(xs, dim))
+
+
+def _pad(node: Node, ctx: Context) -> Lowered | str:
+    a = node.attrs
+    pads, mode, value = tuple(a["pads"]), a["mode"], a["value"]
+    if mode not in layout.PAD_MODES:
+        return f"pad mode {mode!r} has no kernel"
+    return Lowered(f"pad ({mode}, copy kernel)", lambda x: layout.pad(x, pads, mode, value))
+
+
+def _memory_format(node: Node, ctx: Context) -> Lowered | str:
+    fmt = node.attrs["layout"]
+    return Lowered(f"storage order to {fmt} (copy kernel; none when already so)",
+                   lambda x: layout.memory_format(x, fmt))
+
+
+def _split(node: Node, ctx: Context) -> Lowered | str:
+    sizes, dim = list(node.attrs["sizes"]), node.attrs["dim"]
+    return Lowered("view (split, no copy)", lambda x: torch.split(x, sizes, dim))
+
+
+def _positions(node: Node, ctx: Context, what: str, size: int, negative: bool
+               ) -> Callable[[torch.Tensor], None] | str:
+    """The range check of a node's positions (input 1): done once here for constant ones, per
+    call (on the host) for computed ones."""
+    v = node.inputs[1]
+    if v.type.dtype not in ("i64", "i32"):
+        return f"positions of dtype {v.type.dtype}: the kernel takes i32 or i64"
+    const = ctx.const(v)
+    if const is not None:
+        layout.check_positions(const, size, what, negative)
+        return lambda _: None
+    return lambda p: layout.check_positions(p, size, what, negative)
+
+
+def _index(node: Node, ctx: Context) -> Lowered | str:
+    if len(node.inputs) != 2:
+        return f"{len(node.inputs) - 1} index tensors: the kernel takes one"
+    dim, x_t = node.attrs["dim"], node.inputs[0].type
+    check = _positions(node, ctx, node.describe(), x_t.shape[dim], negative=True)
+    if isinstance(check, str):
+        return check
+
+    def run(x, positions):
+        check(positions)
+        return layout.take(x, dim, positions)
+
+    return Lowered("index (indexed copy kernel)", run)
+
+
+def _embedding(node: Node, ctx: Context) -> Lowered | str:
+    vocab = node.inputs[0].type.shape[0]
+    check = _positions(node, ctx, node.describe(), vocab, negative=False)
+    if isinstance(check, str):
+        return check
+
+    def run(weight, positions):
+        check(positions)
+        return layout.take(weight, 0, positions)
+
+    return Lowered("embedding (indexed copy kernel; row ids checked on the host)", run)
+
+
+def _gather(node: Node, ctx: Context) -> Lowered | str:
+    dim, x_t = node.attrs["dim"], node.inputs[0].type
+    check = _positions(node, ctx, node.describe(), x_t.shape[dim], negative=False)
+    if isinstance(check, str):
+        return check
+
+    def run(x, positions):
+        check(positions)
+        return layout.gather(x, dim, positions)
+
+    return Lowered("gather (indexed copy kernel)", run)
+
+
+def _squeeze(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
+    dims = tuple(node.attrs["dims"])
+    return lambda x: torch.squeeze(x, dims) if dims else x
+
+
+RULES = {
+    "reshape": _reshape,
+    "index": _index,
+    "embedding": _embedding,
+    "gather": _gather,
+    "cat": _cat,
+    "pad": _pad,
+    "memory_format": _memory_format,
+    "split": _split,
+    "permute": _view("permute", lambda n: lambda x, d=tuple(n.attrs["dims"]): x.permute(d)),
+    "slice": _view("slice", lambda n: lambda x, a=dict(n.attrs): _slice(x, **a)),
+    "select": _view("select", lambda n: lambda x, a=dict(n.attrs): x.select(a["dim"],
+                                                                              a["index"])),
+    "unsqueeze": _view("unsqueeze", lambda n: lambda x, d=n.attrs["dim"]: x.unsqueeze(d)),
+    "squeeze": _view("squeeze", _squeeze),
+    "expand": _view("expand, stride 0", lambda n: lambda x, s=tuple(n.attrs["shape"]):
+                    x.expand(s)),
+}
