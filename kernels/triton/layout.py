@@ -5,15 +5,16 @@ Why one kernel: every such move is "walk the output's coordinates, read the sour
 strides (shifted, and masked or mirrored on padded dims), write the destination at its
 strides". A `cat` writes each input into its slice of one output buffer (a strided view of it);
 a storage-order change is a copy into a channels-last buffer; `pad` reads the source shifted by
-the leading pads. The host drops size-1 dims and merges dims that source and destination both
-walk as one, so most copies are 1-3 dims; which dims are padded and how is part of the
-generated source.
+the leading pads; `index`, `embedding` and `gather` add source offsets read from position
+tensors (each broadcast to the output, read at its strides). The host drops size-1 dims and
+merges dims that every tensor walks as one, so most copies are 1-3 dims; which dims are padded
+and how, and how many index terms there are, is part of the generated source.
 
     for each block of BLOCK flat output offsets (one program each):
         i_d = unravel(offs, sizes)                  # output coordinates
         j_d = i_d - lo_d on padded dims             # constant: masked, the fill outside
                                                     # replicate: clamped; reflect: mirrored
-        v = load(src + sum(j_d * src_stride_d))
+        v = load(src + sum(j_d * src_stride_d) + sum(p_k * S_k))  # p_k: index term k
         store(dst + sum(i_d * dst_stride_d), v)
 
 Views (permute, slice, select, squeeze, unsqueeze, expand, split pieces, and a reshape whose
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,16 +43,17 @@ PAD_MODES = ("constant", "replicate", "reflect")
 # --- the generated kernel -----------------------------------------------------------------------
 
 
-def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool) -> str:
-    """The copy kernel for `rank` coalesced dims; modes[d] is None, how dim d is padded, or
-    "indexed" (the source coordinate is read from an index tensor, at its strides q_d)."""
-    padded = [d for d in range(rank) if modes[d] not in (None, "indexed")]
-    indexed = [d for d in range(rank) if modes[d] == "indexed"]
+def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool,
+            n_index: int) -> str:
+    """The copy kernel for `rank` coalesced dims; modes[d] is None or how dim d is padded. Each
+    of the `n_index` index terms adds positions p_k * S_k to the source offset, p_k read from
+    an index tensor at its strides q_k (negative positions count from the end, in_k)."""
+    padded = [d for d in range(rank) if modes[d] is not None]
     params = ["src", "dst", "n", *(f"size{d}" for d in range(1, rank)),
               *(f"s{d}" for d in range(rank)), *(f"t{d}" for d in range(rank)),
               *(f"lo{d}, in{d}" for d in padded), "fill"]
-    if indexed:
-        params += ["idx", *(f"q{d}" for d in range(rank)), "in_idx"]
+    for k in range(n_index):
+        params += [f"idx{k}", *(f"q{k}_{d}" for d in range(rank)), f"S{k}", f"n{k}"]
     lines = ["def copy_kernel(", f"    {', '.join(params)},", "    BLOCK: tl.constexpr,", "):",
              "    pid = tl.program_id(0)"]
     start = "pid.to(tl.int64) * BLOCK" if wide else "pid * BLOCK"
@@ -60,10 +63,6 @@ def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool) ->
         lines += [f"    i{d} = rest % size{d}", f"    rest = rest // size{d}"]
     lines.append("    i0 = rest")
     inside = []
-    for d in indexed:  # negative positions count from the end (checked on the host)
-        where = " + ".join(f"i{e} * q{e}" for e in range(rank))
-        lines.append(f"    j{d} = tl.load(idx + {where}, mask=mask, other=0)")
-        lines.append(f"    j{d} = tl.where(j{d} < 0, j{d} + in_idx, j{d})")
     for d in padded:
         lines.append(f"    j{d} = i{d} - lo{d}")
         if modes[d] == "constant":
@@ -75,10 +74,15 @@ def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool) ->
         else:  # reflect: pads are smaller than the dim (ops._check_edge_pad), one mirror each way
             lines.append(f"    j{d} = tl.abs(j{d})")
             lines.append(f"    j{d} = (in{d} - 1) - tl.abs((in{d} - 1) - j{d})")
-    src = " + ".join(f"{'j' if modes[d] is not None else 'i'}{d} * s{d}" for d in range(rank))
+    terms = [f"{'j' if modes[d] is not None else 'i'}{d} * s{d}" for d in range(rank)]
+    for k in range(n_index):  # positions were range-checked on the host
+        where = " + ".join(f"i{d} * q{k}_{d}" for d in range(rank))
+        lines.append(f"    p{k} = tl.load(idx{k} + {where}, mask=mask, other=0)")
+        lines.append(f"    p{k} = tl.where(p{k} < 0, p{k} + n{k}, p{k})")
+        terms.append(f"p{k} * S{k}")
     dst = " + ".join(f"i{d} * t{d}" for d in range(rank))
     load_mask = " & ".join(["mask", *inside])
-    lines.append(f"    v = tl.load(src + {src}, mask={load_mask}, other=0)")
+    lines.append(f"    v = tl.load(src + {' + '.join(terms)}, mask={load_mask}, other=0)")
     if inside:
         lines.append(f"    v = tl.where({' & '.join(inside)}, v, fill).to({TL[dtype]})")
     lines.append(f"    tl.store(dst + {dst}, v, mask=mask)")
@@ -88,40 +92,53 @@ def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool) ->
 _KERNELS: dict[Any, Any] = {}
 
 
-def _kernel(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool) -> Any:
-    key = (rank, modes, dtype, wide, jit.interpreting())
+def _kernel(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool,
+            n_index: int) -> Any:
+    key = (rank, modes, dtype, wide, n_index, jit.interpreting())
     kernel = _KERNELS.get(key)
     if kernel is None:
-        kernel = _KERNELS[key] = jit.build(_source(rank, modes, dtype, wide), "copy_kernel")
+        kernel = _KERNELS[key] = jit.build(_source(rank, modes, dtype, wide, n_index),
+                                           "copy_kernel")
     return kernel
+
+
+@dataclass(frozen=True)
+class IndexTerm:
+    """A source offset read from an index tensor: positions (broadcast to the destination's
+    shape, so read at its strides) times the source stride of the dim they index, whose size
+    wraps negative positions."""
+
+    positions: torch.Tensor
+    stride: int
+    size: int
 
 
 # --- host: dims as strides ------------------------------------------------------------------------
 
 
 def _coalesce(sizes: Sequence[int], strides: Sequence[Sequence[int]],
-              marks: Sequence[Any]) -> list[tuple[int, list[int], Any]]:
-    """(size, one stride per tensor, mark) per dim: size-1 unmarked dims dropped, and unmarked
-    neighbours that every tensor walks as one merged. A mark is a dim's pad or "indexed"."""
-    dims = [(z, [st[d] for st in strides], m) for d, (z, m) in enumerate(zip(sizes, marks))
-            if z != 1 or m is not None]
+              pads: Sequence[tuple[int, int] | None]) -> list[tuple[int, list[int], Any]]:
+    """(size, one stride per tensor, pad) per dim: size-1 unpadded dims dropped, and unpadded
+    neighbours that every tensor walks as one merged."""
+    dims = [(z, [st[d] for st in strides], p) for d, (z, p) in enumerate(zip(sizes, pads))
+            if z != 1 or p is not None]
     if not dims:
         return [(1, [0] * len(strides), None)]
     merged = [dims[0]]
-    for z, st, m in dims[1:]:
-        oz, ost, om = merged[-1]
-        if m is None and om is None and all(o == s * z for o, s in zip(ost, st)):
+    for z, st, p in dims[1:]:
+        oz, ost, op = merged[-1]
+        if p is None and op is None and all(o == s * z for o, s in zip(ost, st)):
             merged[-1] = (oz * z, st, None)
         else:
-            merged.append((z, st, m))
+            merged.append((z, st, p))
     return merged
 
 
 def _launch(src: torch.Tensor, dst: torch.Tensor, pads: Sequence[tuple[int, int] | None],
-            mode: str = "constant", fill: float = 0.0,
-            index: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """Copy `src` into `dst` (shapes equal but on padded dims: pads[d] = (before, after); or on
-    the indexed dim of `index` = (dim, positions broadcast to dst's shape))."""
+            mode: str = "constant", fill: float = 0.0, src_strides: Sequence[int] | None = None,
+            index: Sequence[IndexTerm] = ()) -> torch.Tensor:
+    """Copy `src` into `dst`: shapes equal but on padded dims (pads[d] = (before, after)); or,
+    with index terms, src read at `src_strides` (one per dst dim) plus the terms' offsets."""
     if src.dtype != dst.dtype or src.device != dst.device:
         raise ValueError(f"copy: {src.dtype} on {src.device} into {dst.dtype} on {dst.device}")
     dtype = dtypes.from_torch(dst.dtype)
@@ -132,32 +149,27 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, pads: Sequence[tuple[int, int]
         return dst
     if src.numel() == 0 and mode != "constant":
         raise ValueError(f"pad mode {mode!r} of an empty tensor")
-    marks: list[Any] = list(pads)
-    strides = [src.stride(), dst.stride()]
-    if index is not None:
-        marks[index[0]] = "indexed"
-        strides.append(index[1].stride())
-    dims = _coalesce(dst.shape, strides, marks)
+    strides = [tuple(src.stride() if src_strides is None else src_strides), dst.stride(),
+               *(t.positions.stride() for t in index)]
+    dims = _coalesce(dst.shape, strides, pads)
     if len(dims) > MAX_RANK:
         raise ValueError(f"copy: {len(dims)} dims after merging; the kernel takes {MAX_RANK}")
     sizes = [d[0] for d in dims]
-    modes = tuple(None if m is None else "indexed" if m == "indexed" else mode
-                  for _, _, m in dims)
+    modes = tuple(None if p is None else mode for _, _, p in dims)
     reach = max(sum((z - 1) * abs(st[k]) for z, (_, st, _) in zip(sizes, dims))
                 for k in range(len(strides)))
-    if index is not None:  # the source is read anywhere along the indexed dim
-        reach += src.shape[index[0]] * abs(src.stride(index[0]))
+    reach += sum(t.size * abs(t.stride) for t in index)  # anywhere along an indexed dim
     wide = n + BLOCK > _INT32_LIMIT or reach > _INT32_LIMIT
     args: list[Any] = [src, dst, n, *sizes[1:], *(st[0] for _, st, _ in dims),
                        *(st[1] for _, st, _ in dims)]
-    for d, (_, _, m) in enumerate(dims):
-        if m is not None and m != "indexed":
-            args += [m[0], sizes[d] - m[0] - m[1]]
+    for d, (_, _, p) in enumerate(dims):
+        if p is not None:
+            args += [p[0], sizes[d] - p[0] - p[1]]
     args.append(bool(fill) if dtype == "bool" else int(fill) if not dtypes.is_float(dtype)
                 else float(fill))
-    if index is not None:
-        args += [index[1], *(st[2] for _, st, _ in dims), src.shape[index[0]]]
-    kernel = _kernel(len(dims), modes, dtype, wide)
+    for k, term in enumerate(index):
+        args += [term.positions, *(st[2 + k] for _, st, _ in dims), term.stride, term.size]
+    kernel = _kernel(len(dims), modes, dtype, wide, len(index))
     kernel[(cdiv(n, BLOCK),)](*args, BLOCK=BLOCK, num_warps=4)
     return dst
 
@@ -262,21 +274,31 @@ def check_positions(positions: torch.Tensor, size: int, what: str,
                          f"a dim of size {size}")
 
 
-def take(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """x[..., positions, ...] on `dim` (positions of any shape replace that dim, as x[idx] on
-    dim 0 does; negative ones count from the end). Positions must already be checked."""
+def index(x: torch.Tensor, dim: int, positions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """x[:, ..., p0, p1, ...] with k position tensors on dims dim .. dim + k - 1 (broadcast
+    together; their shape replaces those dims; negative positions count from the end). x[idx]
+    on one dim is k = 1; embedding is x = weight, dim 0. Positions must already be checked."""
     dim = dim % x.dim()
-    if positions.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"take: positions must be int32 or int64, got {positions.dtype}")
-    flat = positions.reshape(-1)
-    shape = list(x.shape)
-    shape[dim] = flat.numel()
-    out = torch.empty(shape, dtype=x.dtype, device=x.device)
-    view = [1] * len(shape)
-    view[dim] = flat.numel()
-    if out.numel():
-        _launch(x, out, [None] * x.dim(), index=(dim, flat.view(view).expand(shape)))
-    return out.reshape(*x.shape[:dim], *positions.shape, *x.shape[dim + 1:])
+    k = len(positions)
+    if not 1 <= k <= x.dim() - dim:
+        raise ValueError(f"index: {k} position tensors from dim {dim} of a rank-{x.dim()} tensor")
+    if any(p.dtype not in (torch.int64, torch.int32) for p in positions):
+        raise ValueError("index: positions must be int32 or int64")
+    shape = tuple(torch.broadcast_shapes(*(p.shape for p in positions)))
+    lead, tail = x.shape[:dim], x.shape[dim + k:]
+    out = torch.empty((*lead, *shape, *tail), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    src_strides = (*x.stride()[:dim], *(0,) * len(shape), *x.stride()[dim + k:])
+    around = (None,) * dim + (Ellipsis,) + (None,) * len(tail)  # views: no copy of positions
+    terms = [IndexTerm(p.expand(shape)[around].expand(out.shape), x.stride(dim + j),
+                       x.shape[dim + j]) for j, p in enumerate(positions)]
+    return _launch(x, out, [None] * out.dim(), src_strides=src_strides, index=terms)
+
+
+def take(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """x[..., positions, ...] on `dim`: `index` with one position tensor."""
+    return index(x, dim, [positions])
 
 
 def gather(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -284,8 +306,8 @@ def gather(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
     have out's shape (no larger than x's on the other dims) and must already be checked."""
     dim = dim % x.dim()
     out = torch.empty(positions.shape, dtype=x.dtype, device=x.device)
-    if out.numel():
-        src = x.narrow(dim, 0, x.shape[dim])
-        other = [slice(0, z) if d != dim else slice(None) for d, z in enumerate(out.shape)]
-        _launch(src[tuple(other)], out, [None] * x.dim(), index=(dim, positions))
-    return out
+    if out.numel() == 0:
+        return out
+    src_strides = [0 if d == dim else s for d, s in enumerate(x.stride())]
+    term = IndexTerm(positions, x.stride(dim), x.shape[dim])
+    return _launch(x, out, [None] * out.dim(), src_strides=src_strides, index=[term])

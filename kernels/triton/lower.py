@@ -392,6 +392,13 @@ def _pool(node: Node, ctx: Context) -> Lowered | str:
     return Lowered(f"{node.op} (NHWC tiles)", lambda x: fn(x, **kwargs))
 
 
+def _cumsum(node: Node, ctx: Context) -> Lowered | str:
+    from fxforge.kernels.triton import reduce
+
+    dim, out = node.attrs["dim"], dtypes.to_torch(node.outputs[0].type.dtype)
+    return Lowered("row scan (cumsum)", lambda x: reduce.cumsum(x, dim, out))
+
+
 def _per_tensor(op: str):
     """quantize / dequantize: elementwise with the node's scale and zero point, on the NHWC view
     of a channels-last tensor so that the result stays channels-last."""
@@ -431,7 +438,7 @@ RULES: dict[str, Rule] = {
     "linear_int4": _int4,
     "fused_elementwise": _fused_elementwise,
     "softmax": _softmax, "log_softmax": _softmax, "layer_norm": _layer_norm,
-    "sum": _reduce, "mean": _reduce, "amax": _reduce,
+    "sum": _reduce, "mean": _reduce, "amax": _reduce, "cumsum": _cumsum,
     "quantize": _per_tensor("quantize"), "dequantize": _per_tensor("dequantize"),
     "dynamic_quantize": _dynamic_quantize,
     "scaled_dot_product_attention": _attention,

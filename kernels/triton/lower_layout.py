@@ -63,11 +63,11 @@ def _split(node: Node, ctx: Context) -> Lowered | str:
     return Lowered("view (split, no copy)", lambda x: torch.split(x, sizes, dim))
 
 
-def _positions(node: Node, ctx: Context, what: str, size: int, negative: bool
+def _positions(node: Node, ctx: Context, what: str, size: int, negative: bool, which: int = 1
                ) -> Callable[[torch.Tensor], None] | str:
-    """The range check of a node's positions (input 1): done once here for constant ones, per
-    call (on the host) for computed ones."""
-    v = node.inputs[1]
+    """The range check of a node's positions (input `which`): done once here for constant
+    ones, per call (on the host) for computed ones."""
+    v = node.inputs[which]
     if v.type.dtype not in ("i64", "i32"):
         return f"positions of dtype {v.type.dtype}: the kernel takes i32 or i64"
     const = ctx.const(v)
@@ -78,18 +78,21 @@ def _positions(node: Node, ctx: Context, what: str, size: int, negative: bool
 
 
 def _index(node: Node, ctx: Context) -> Lowered | str:
-    if len(node.inputs) != 2:
-        return f"{len(node.inputs) - 1} index tensors: the kernel takes one"
     dim, x_t = node.attrs["dim"], node.inputs[0].type
-    check = _positions(node, ctx, node.describe(), x_t.shape[dim], negative=True)
-    if isinstance(check, str):
-        return check
+    checks = []
+    for j in range(1, len(node.inputs)):
+        check = _positions(node, ctx, node.describe(), x_t.shape[dim + j - 1], negative=True,
+                           which=j)
+        if isinstance(check, str):
+            return check
+        checks.append(check)
 
-    def run(x, positions):
-        check(positions)
-        return layout.take(x, dim, positions)
+    def run(x, *positions):
+        for check, p in zip(checks, positions):
+            check(p)
+        return layout.index(x, dim, positions)
 
-    return Lowered("index (indexed copy kernel)", run)
+    return Lowered(f"index ({len(checks)} position tensor(s), indexed copy kernel)", run)
 
 
 def _embedding(node: Node, ctx: Context) -> Lowered | str:

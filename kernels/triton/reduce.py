@@ -287,3 +287,48 @@ def reduce(x: torch.Tensor, op: str, dims: Sequence[int], keepdim: bool = False,
     kernel[(grid,)](x, y, n_outer, n_red, n_inner, BLOCK_M=block_m, BLOCK_N=block_n,
                     BLOCK_I=block_i, num_warps=cfg.get("num_warps", 4))
     return y
+
+
+# --- cumsum: a row scan -----------------------------------------------------------------------
+
+_CUMSUM = """
+def cumsum_kernel(x, y, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    carry = tl.zeros((BLOCK_M,), dtype=ACC)
+    for c0 in range(0, n_cols, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        at = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        t = tl.load(x + at, mask=mask, other=0).to(OUT).to(ACC)
+        tl.store(y + at, (tl.cumsum(t, 1) + carry[:, None]).to(OUT), mask=mask)
+        carry += tl.sum(t, 1)
+"""
+
+
+def cumsum(x: torch.Tensor, dim: int, out_dtype: torch.dtype,
+           config: Mapping[str, int] | None = None) -> torch.Tensor:
+    """Running sums along `dim`, as the reference: converted to out_dtype first, summed in
+    float64 (floats) or int64, stored as out_dtype. A row scan (tl.cumsum) per column chunk,
+    with the chunk sums carried; wide accumulation keeps the scan's order from mattering."""
+    from fxforge.kernels.triton import layout
+
+    out = dtypes.from_torch(out_dtype)
+    if out not in TL or out == "bool":
+        raise ValueError(f"cumsum: no kernel for a {out_dtype} result")
+    if x.dim() == 0:
+        return x.to(out_dtype).reshape(())
+    dim = norm_dims((dim,), x.dim())[0]
+    rows = layout.contiguous(x.movedim(dim, -1))
+    y = torch.empty(rows.shape, dtype=out_dtype, device=x.device)
+    n_cols = rows.shape[-1]
+    n_rows = rows.numel() // max(n_cols, 1)
+    if rows.numel():
+        cfg = dict(config or {})
+        block_n = cfg.get("BLOCK_N", min(1024, max(16, next_pow2(n_cols))))
+        block_m = cfg.get("BLOCK_M", max(1, min(64, TILE // block_n)))
+        acc = "tl.float64" if dtypes.is_float(out) else "tl.int64"
+        source = _CUMSUM.replace("ACC", acc).replace("OUT", TL[out])
+        kernel = _build(source, "cumsum_kernel")
+        kernel[(cdiv(n_rows, block_m),)](rows, y, n_rows, n_cols, BLOCK_M=block_m,
+                                         BLOCK_N=block_n, num_warps=cfg.get("num_warps", 4))
+    return layout.contiguous(y.movedim(-1, dim))
