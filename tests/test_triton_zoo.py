@@ -121,3 +121,17 @@ def test_cuda_graphs_option_is_checked_and_reported():
     fast(*x)
     assert fast.report.latest.cuda_graphs == "not asked"
     assert "CUDA graphs: not asked" in str(fast.report)
+
+
+def test_cuda_graphs_off_where_positions_are_checked_on_the_host():
+    """Token ids are range-checked on the host before the embedding's copy kernel reads them (a
+    synchronisation, which capture forbids); a CNN's graph has no such node."""
+    from fxforge.kernels.triton.cuda_graph import why_not
+
+    model, inputs = zoo_hf.build("bert", 1)
+    fast, _ = _compile(model, "cuda", inputs)
+    assert "embedding takes computed positions" in why_not(fast.graph)
+    model, x = zoo.build("resnet18", 1)
+    fast = fxforge.compile(model, "cuda", autotune=False)
+    fast(*x)
+    assert why_not(fast.graph) is None

@@ -11,7 +11,8 @@ Why: at small batch a compiled program spends most of its time in Python, launch
 
 When it is off (`why_not`, or `GraphReplay.status` after a failure):
 - the graph has symbolic dims: a CUDA graph holds one set of sizes (and of addresses);
-- the graph holds an op of `UNCAPTURABLE_OPS` (an opaque `torch_op`);
+- the graph holds an op of `UNCAPTURABLE_OPS` (an opaque `torch_op`), or an embedding / index /
+  gather whose positions are computed (`HOST_CHECKED_POSITIONS`: checked on the host);
 - the graph has no inputs: nothing changes from one call to the next;
 - the device is not CUDA, or Triton runs under its CPU interpreter (TritonProgram's default);
 - capture (or a replay) raised: the program runs plainly from then on, and the reason is kept.
@@ -49,6 +50,12 @@ implementations take scalars from attributes, never from tensors. An op added la
 values on the host, or sizes its output from them, belongs here."""
 
 
+HOST_CHECKED_POSITIONS = frozenset({"embedding", "index", "gather"})
+"""Ops whose positions the Triton backend range-checks on the host before its copy kernel reads
+them (lower_layout.py), as torch refuses an out-of-range position: constant positions are
+checked once when lowered, computed ones (token ids, graph inputs) at every call."""
+
+
 def why_not(graph: Graph) -> str | None:
     """Why `graph` cannot be captured into a CUDA graph; None when it can."""
     if graph.dims or graph.symbolic:
@@ -62,6 +69,14 @@ def why_not(graph: Graph) -> str | None:
         ops = ", ".join(sorted({node.op for node in found}))
         return (f"the graph holds {ops} node(s) ({names}{more}): opaque torch code may "
                 "synchronise with the host or size its output from data")
+    producers = graph.producers
+    checked = [node for node in graph.nodes if node.op in HOST_CHECKED_POSITIONS and any(
+        producers.get(v.name) is None or producers[v.name].op != "const"
+        for v in node.inputs[1:])]
+    if checked:
+        node = checked[0]
+        return (f"%{node.outputs[0].name} = {node.op} takes computed positions, which are "
+                "range-checked on the host (a synchronisation)")
     return None
 
 

@@ -308,10 +308,15 @@ _POW = {2.0: lambda i: {"op": "mul", "args": (i, i)}, 0.5: lambda i: {"op": "sqr
 
 
 def _constant_pow(steps: tuple, node: Node, ctx: Context) -> tuple:
-    """`steps` with each pow by a constant 0-d node input of _POW rewritten (RMSNorm's x ** 2)."""
+    """`steps` with each pow of a float base by a constant 0-d node input of _POW rewritten
+    (RMSNorm's x ** 2). An integer base stays pow: int ** 2.0 is a float power in torch, and an
+    integer multiply would overflow first."""
+    in_types = [v.type for v in node.inputs]
+    values = in_types + list(ops.stage_types("fused_elementwise", in_types, {"steps": steps}))
     out = []
     for step in steps:
-        if step["op"] == "pow" and step["args"][1] < len(node.inputs):
+        if step["op"] == "pow" and step["args"][1] < len(node.inputs) and dtypes.is_float(
+                values[step["args"][0]].dtype):
             c = ctx.const(node.inputs[step["args"][1]])
             if c is not None and c.numel() == 1 and float(c.reshape(())) in _POW:
                 step = _POW[float(c.reshape(()))](step["args"][0])

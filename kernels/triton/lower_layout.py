@@ -31,6 +31,24 @@ def _view(name: str, make: Callable[[Node], Callable[[torch.Tensor], object]]):
     return rule
 
 
+def _too_many_dims(node: Node) -> str | None:
+    """The copy kernel walks at most layout.MAX_RANK dims (after merging); a node whose tensors
+    have more is left to torch rather than failing at run time when its dims do not merge."""
+    rank = max(len(v.type.shape) for v in (*node.inputs, *node.outputs))
+    if rank > layout.MAX_RANK:
+        return f"rank {rank}: the copy kernel takes at most {layout.MAX_RANK} dims"
+    return None
+
+
+def _copying(rule: Callable[[Node, Context], Lowered | str]):
+    """A rule whose node may move data through the copy kernel: refused past its rank."""
+
+    def checked(node: Node, ctx: Context) -> Lowered | str:
+        return _too_many_dims(node) or rule(node, ctx)
+
+    return checked
+
+
 def _reshape(node: Node, ctx: Context) -> Lowered | str:
     shape = tuple(node.attrs["shape"])
     return Lowered("reshape (a view; the copy kernel when strides do not allow one)",
@@ -127,13 +145,13 @@ def _squeeze(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 RULES = {
-    "reshape": _reshape,
-    "index": _index,
-    "embedding": _embedding,
-    "gather": _gather,
-    "cat": _cat,
-    "pad": _pad,
-    "memory_format": _memory_format,
+    "reshape": _copying(_reshape),
+    "index": _copying(_index),
+    "embedding": _copying(_embedding),
+    "gather": _copying(_gather),
+    "cat": _copying(_cat),
+    "pad": _copying(_pad),
+    "memory_format": _copying(_memory_format),
     "split": _split,
     "permute": _view("permute", lambda n: lambda x, d=tuple(n.attrs["dims"]): x.permute(d)),
     "slice": _view("slice", lambda n: lambda x, a=dict(n.attrs): _slice(x, **a)),
