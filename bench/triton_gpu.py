@@ -8,15 +8,18 @@ and torch.compile. Every kernel result is checked before it is timed.
 Sections (times: CUDA events around each call, medians over interleaved rounds after warm-up):
 - gemm: int8 GEMM (ours, raw int32 out) in TOPS against `torch._int_mm` and fp16 `torch.matmul`
   for M in {1, 16, 128, 4096, 8192}, N = K = 8192; `_int_mm` needs M > 16, so for small M it
-  runs with M padded to 32 (marked). Check: our int32 equals `_int_mm` exactly.
+  runs with M padded to 32 (marked). Check: our int32 equals `_int_mm` exactly. M <= 16 is tuned
+  over the split-K configs (SMALL_M_CONFIGS), as the lowering does, larger M over CONFIGS.
 - epilogue: int8 GEMM with bias + relu + requantize to int8 fused, against `_int_mm` followed by
   the same epilogue as separate torch ops. Check: int8 outputs within 1 LSB.
 - conv: int8 implicit-GEMM conv (bias + relu + requantize fused, NHWC) against cuDNN fp16
   channels-last conv + relu, on ResNet-50 layer shapes at batch 64. Check: accumulators
   bit-exact against a float64 conv of the same integers.
-- e2e: ResNet-50 (batch 64) and BERT-base (batch 32, sequence 128) in every cuda target against
-  eager fp16 and torch.compile (default, max-autotune); error against eager float32.
-Results: bench/results/triton-gpu-<device>-<date>.json and .md.
+- e2e: ResNet-50 (batch 64) and BERT-base (batch 128, sequence 128) in every cuda target against
+  eager fp16 (channels-last for image models) and torch.compile (default, max-autotune); error
+  against eager float32.
+Results: bench/results/triton-gpu-<device>-<date>.json and .md. `python -m fxforge.bench.gpu_check`
+runs these sections (and more) as one time-boxed check with goals.
 """
 
 from __future__ import annotations
@@ -66,14 +69,21 @@ class Bench:
                                       cuda=self.cuda)
         return {name: statistics.median(s) for name, s in samples.items()}
 
-    def config(self, module, key: str, run: Callable[[dict], object]) -> dict | None:
-        """The tuned config of a kernel module for one problem (None: the default one)."""
+    def config(self, module, key: str, run: Callable[[dict], object],
+               configs: list[dict] | None = None) -> dict | None:
+        """The tuned config of a kernel module for one problem (None: the default one), picked
+        among `configs` (default: the module's CONFIGS)."""
         if not self.autotune:
             return None
         from fxforge.kernels.triton.autotune import default_tuner
 
         return default_tuner().pick(f"bench:{module.__name__}:{key}", (key,),
-                                    list(module.CONFIGS), run)
+                                    list(module.CONFIGS if configs is None else configs), run)
+
+    def allow(self, what: str, need_s: float) -> bool:
+        """Whether a step that takes about `need_s` seconds may start (a time-boxed run says no
+        when too little time is left; see gpu_check)."""
+        return True
 
     def add(self, section: str, **row: Any) -> None:
         row = {"section": section, **row}
@@ -94,20 +104,33 @@ def bench_gemm(b: Bench) -> None:
         _gemm_case(b, m, nk)
 
 
+def _int_mm_ok(b: Bench) -> bool:
+    """torch._int_mm runs here: on CUDA, and on the CPU (smoke runs) where this torch has it."""
+    if b.cuda:
+        return True
+    try:
+        one = torch.ones((1, 32), dtype=torch.int8)
+        return bool(torch._int_mm(one, one.t()).item() == 32)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def _gemm_case(b: Bench, m: int, nk: int) -> None:
     x, w = _int8((m, nk), b.device), _int8((nk, nk), b.device)
     ones = torch.ones(nk, device=b.device)
     xp = torch.cat([x, x.new_zeros(32 - m, nk)]) if m <= 16 else x
-    ref = torch._int_mm(xp, w.t())[:m] if b.cuda else (x.double() @ w.double().t()).int()
+    int_mm = _int_mm_ok(b)
+    ref = torch._int_mm(xp, w.t())[:m] if int_mm else (x.double() @ w.double().t()).int()
+    configs = gemm.SMALL_M_CONFIGS if m <= gemm.SMALL_M else gemm.CONFIGS  # as the lowering
     cfg = b.config(gemm, f"i32:{m}x{nk}x{nk}", lambda c: gemm.qlinear(
-        x, w, ones, x_scale=1.0, out_dtype="i32", config=c))
+        x, w, ones, x_scale=1.0, out_dtype="i32", config=c), configs)
     ours = gemm.qlinear(x, w, ones, x_scale=1.0, out_dtype="i32", config=cfg)
     exact = bool(torch.equal(ours, ref))
     xh, wh = x.half(), w.half()
     systems = {"fxforge int8": lambda: gemm.qlinear(x, w, ones, x_scale=1.0, out_dtype="i32",
                                                     config=cfg),
                "fp16 matmul": lambda: xh @ wh.t()}
-    if b.cuda:
+    if int_mm:
         systems["torch._int_mm" + (" (M padded to 32)" if m <= 16 else "")] = \
             lambda: torch._int_mm(xp, w.t())
     times = b.time(systems)
@@ -194,65 +217,91 @@ def _conv_case(b: Bench, batch, cin, cout, h, k, s) -> None:
 # --- end to end -------------------------------------------------------------------------------
 
 
+E2E_MODELS = (("resnet50", 64), ("bert-base", 128))  # the batch sizes of the goals
+# Systems of an end-to-end row, compiled in this order: fxforge targets, and torch.compile modes
+# of the fp16 model. Eager fp16 always runs on CUDA (it is the row's baseline).
+E2E_SYSTEMS = ("torch.compile default", "torch.compile max-autotune", "cuda", "cuda-fp16",
+               "cuda-int8", "cuda-int4")
+
+
 def _models(b: Bench) -> list[tuple[str, Any, tuple]]:
     from fxforge.bench.models import get_models
 
     specs = get_models(b.smoke)
     out = []
-    for name, batch in ((("mlp", 4),) if b.smoke else (("resnet50", 64), ("bert-base", 32))):
+    for name, batch in ((("mlp", 4),) if b.smoke else E2E_MODELS):
         model, inputs = specs[name].build(batch)
         out.append((name, model, inputs))
     return out
 
 
 def bench_e2e(b: Bench) -> None:
-    targets = ("cuda-int8",) if b.smoke else ("cuda", "cuda-fp16", "cuda-int8", "cuda-int4")
+    systems = ("cuda-int8",) if b.smoke else E2E_SYSTEMS
     for name, model, inputs in _models(b):
-        _e2e_case(b, targets, name, model, inputs)
+        _e2e_case(b, name, model, inputs, systems)
 
 
-def _e2e_case(b: Bench, targets, name, model, inputs) -> None:
+def _e2e_case(b: Bench, name: str, model, inputs: tuple, systems=E2E_SYSTEMS,
+              need_s: dict[str, float] | None = None, **extra: Any) -> None:
+    """One row: `model` on `inputs` in eager fp16 (CUDA only; channels-last for image inputs)
+    and each of `systems`, compiled in that order ("torch.compile <mode>" needs CUDA). A system
+    that `b.allow` refuses (given need_s[system] seconds) is listed as skipped; one that fails
+    to compile is listed with its error. Times are interleaved medians; errors are against eager
+    float32."""
+    import copy
+
+    need_s = need_s or {}
     model = model.to(b.device).eval()
     inputs = tuple(x.to(b.device) for x in inputs)
     with torch.no_grad():
         expected = first_tensor(model(*inputs)).float()
-    systems: dict[str, Callable[[], object]] = {}
-    errors, compile_s, failed = {}, {}, {}
+    timed: dict[str, Callable[[], object]] = {}
+    errors, compile_s, failed, skipped = {}, {}, {}, {}
+    image = inputs[0].dim() == 4 and inputs[0].is_floating_point()
+    half, hin = None, ()
     if b.cuda:
-        import copy
-
-        half = copy.deepcopy(model).half()
-        hin = tuple(x.half() if x.is_floating_point() else x for x in inputs)
-        systems["eager fp16"] = lambda: half(*hin)
-        for mode in ("default", "max-autotune"):
-            start = time.perf_counter()
-            try:
-                fn = torch.compile(half, mode=mode)
-                fn(*hin)
-                systems[f"torch.compile fp16 {mode}"] = lambda fn=fn: fn(*hin)
-            except Exception as e:  # a failing peer is reported, never fatal
-                failed[f"torch.compile {mode}"] = f"{type(e).__name__}: {e}"[:300]
-            compile_s[f"torch.compile fp16 {mode}"] = time.perf_counter() - start
-    for target in targets:
+        fmt = torch.channels_last if image else torch.preserve_format
+        half = copy.deepcopy(model).half().to(memory_format=fmt)
+        hin = tuple((x.half().contiguous(memory_format=fmt) if x.dim() == 4 else x.half())
+                    if x.is_floating_point() else x for x in inputs)
+        timed["eager fp16"] = lambda: half(*hin)
+    for label in systems:
+        torch_compile = label.startswith("torch.compile ")
+        if torch_compile and half is None:
+            continue
+        if not b.allow(f"e2e {name} {label}", need_s.get(label, 0.0)):
+            skipped[label] = "budget"
+            continue
         start = time.perf_counter()
         try:
-            calib = [tuple(torch.randn_like(x) if x.is_floating_point() else x
-                           for x in inputs)] if target == "cuda-int8" else None
-            fast = fxforge.compile(model, target, example_inputs=inputs, calibration=calib,
-                                    autotune=b.autotune)
-            got = first_tensor(fast(*inputs)).float()
-            errors[target] = output_error(expected, got)
-            systems[f"fxforge {target}"] = lambda fast=fast: fast(*inputs)
-        except Exception as e:
-            failed[target] = f"{type(e).__name__}: {e}"[:300]
+            with torch.no_grad():
+                if torch_compile:
+                    mode = label.split(" ", 1)[1]
+                    fn = torch.compile(half, mode=mode)
+                    fn(*hin)
+                    timed[f"torch.compile fp16 {mode}"] = lambda fn=fn: fn(*hin)
+                else:
+                    calib = [tuple(torch.randn_like(x) if x.is_floating_point() else x
+                                   for x in inputs)] if label == "cuda-int8" else None
+                    fast = fxforge.compile(model, label, example_inputs=inputs,
+                                           calibration=calib, autotune=b.autotune)
+                    got = first_tensor(fast(*inputs)).float()
+                    errors[label] = output_error(expected, got)
+                    timed[f"fxforge {label}"] = lambda fast=fast: fast(*inputs)
+        except Exception as e:  # a failing system is reported, never fatal
+            failed[label] = f"{type(e).__name__}: {e}"[:300]
             traceback.print_exc()
-        compile_s[target] = time.perf_counter() - start
-    times = b.time(systems) if systems else {}
+            if b.cuda:
+                torch.cuda.empty_cache()
+        key = f"torch.compile fp16 {label.split(' ', 1)[1]}" if torch_compile else label
+        compile_s[key] = time.perf_counter() - start
+    times = b.time(timed) if timed else {}
     base = times.get("eager fp16")
-    b.add("e2e", model=name, batch=inputs[0].shape[0],
+    b.add("e2e", model=name, batch=inputs[0].shape[0], **extra,
+          eager_layout="channels_last" if image else "default",
           ms={k: v * 1e3 for k, v in times.items()},
           speedup_vs_eager_fp16={k: base / v for k, v in times.items()} if base else None,
-          compile_s=compile_s, error_vs_eager_fp32=errors, failed=failed)
+          compile_s=compile_s, error_vs_eager_fp32=errors, failed=failed, skipped=skipped)
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -300,6 +349,15 @@ def _fmt(d: dict | None, digits: int = 3) -> str:
     return "; ".join(f"{k} {v:.{digits}g}" for k, v in (d or {}).items()) or "–"
 
 
+def peer_ms(ms: dict | None, prefix: str) -> float | None:
+    """The time of the first system whose name starts with `prefix` (None: not timed)."""
+    return next((v for k, v in (ms or {}).items() if k.startswith(prefix)), None)
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return f"{num / den:.2f}x" if num and den else "–"
+
+
 def markdown(doc: dict) -> str:
     """The run as tables, one per section (ratios > 1: fxforge faster)."""
     lines = [f"# fxforge Triton benchmark ({doc['device']})", "",
@@ -308,12 +366,27 @@ def markdown(doc: dict) -> str:
              f"{doc['repeats']} interleaved rounds" + ("; SMOKE RUN (CPU interpreter, tiny "
                                                       "shapes: times mean nothing)"
                                                       if doc["smoke"] else ""), ""]
-    rows = doc["rows"]
+    return "\n".join(lines + section_tables(doc["rows"]))
+
+
+def section_tables(rows: list[dict]) -> list[str]:
+    """Markdown tables of the gemm, epilogue, conv and e2e rows (ratios > 1: fxforge faster).
+    Rows with a "status" (skipped or failed cases of a time-boxed run) are not measurements and
+    are left out."""
+    rows = [r for r in rows if "status" not in r]
+    lines: list[str] = []
     gemm = [r for r in rows if r["section"] == "gemm"]
     if gemm:
-        lines += ["## int8 GEMM (TOPS)", "", "| M | N = K | exact | TOPS |", "|--:|--:|--|--|"]
-        lines += [f"| {r['m']} | {r['n']} | {r['exact_vs_int_mm']} | {_fmt(r['tops'])} |"
-                  for r in gemm]
+        lines += ["## int8 GEMM", "", "ms: fxforge int8 (int32 out); `torch._int_mm` (M <= 16: "
+                  "padded to 32); fp16 `torch.matmul`.", "",
+                  "| M | N = K | exact | ms | vs _int_mm | vs fp16 | TOPS (fxforge) |",
+                  "|--:|--:|--|--|--:|--:|--:|"]
+        for r in gemm:
+            ours = r["ms"].get("fxforge int8")
+            lines.append(f"| {r['m']} | {r['n']} | {r['exact_vs_int_mm']} | {_fmt(r['ms'])} | "
+                         f"{_ratio(peer_ms(r['ms'], 'torch._int_mm'), ours)} | "
+                         f"{_ratio(r['ms'].get('fp16 matmul'), ours)} | "
+                         f"{r.get('tops', {}).get('fxforge int8', 0):.3g} |")
         lines.append("")
     epi = [r for r in rows if r["section"] == "epilogue"]
     if epi:
@@ -331,13 +404,16 @@ def markdown(doc: dict) -> str:
         lines.append("")
     e2e = [r for r in rows if r["section"] == "e2e"]
     if e2e:
-        lines += ["## End to end", "", "| model | batch | ms | vs eager fp16 | failed |",
-                  "|--|--:|--|--|--|"]
-        lines += [f"| {r['model']} | {r['batch']} | {_fmt(r['ms'])} | "
-                  f"{_fmt(r['speedup_vs_eager_fp16'])} | {'; '.join(r['failed']) or '–'} |"
-                  for r in e2e]
+        lines += ["## End to end", "", "| model | batch | ms | vs eager fp16 | compile s | "
+                  "failed / skipped |", "|--|--:|--|--|--|--|"]
+        for r in e2e:
+            notes = [f"{k}: {v}" for k, v in {**r.get("failed", {}),
+                                               **r.get("skipped", {})}.items()]
+            lines.append(f"| {r['model']} | {r['batch']} | {_fmt(r['ms'])} | "
+                         f"{_fmt(r['speedup_vs_eager_fp16'])} | {_fmt(r.get('compile_s'))} | "
+                         f"{'; '.join(notes).replace('|', '/') or '–'} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
