@@ -49,14 +49,21 @@ def _compile(model, target, inputs, **options):
         return fast, zoo_hf.call(fast, inputs)
 
 
-@pytest.mark.parametrize("name", list(zoo_hf.HF_ZOO))
-def test_hf_zoo_cuda_fp32(name):
+def _against_eager(name: str, target: str, rtol: float):
+    """Compile zoo model `name` for `target`; its error against eager is within rtol (relative
+    to the largest output) and no node is left to torch. Returns the compiled model."""
     model, inputs = zoo_hf.build(name, 1)
     with torch.no_grad():
         want = zoo_hf.call(model, inputs)
-    fast, got = _compile(model, "cuda", inputs)
-    assert relative_error(got, want) <= FP32_RTOL
+    fast, got = _compile(model, target, inputs)
+    assert relative_error(got, want) <= rtol
     assert not _left(fast), dict(_left(fast))
+    return fast
+
+
+@pytest.mark.parametrize("name", list(zoo_hf.HF_ZOO))
+def test_hf_zoo_cuda_fp32(name):
+    fast = _against_eager(name, "cuda", FP32_RTOL)
     report = str(fast.report)
     assert "every IR op runs as a generated kernel or a view" in report
     assert "CUDA graphs: off" in report  # the interpreter: nothing to capture
@@ -78,11 +85,7 @@ def test_hf_zoo_cuda_int8_matches_reference_on_same_ir(name):
 
 @pytest.mark.parametrize("name", ["bert", "vit", "convnext", "regnet"])
 def test_hf_zoo_cuda_fp16(name):
-    model, inputs = zoo_hf.build(name, 1)
-    with torch.no_grad():
-        want = zoo_hf.call(model, inputs)
-    fast, got = _compile(model, "cuda-fp16", inputs)
-    assert relative_error(got, want) <= FP16_RTOL
+    _against_eager(name, "cuda-fp16", FP16_RTOL)
 
 
 def test_grouped_convs_and_attention_are_kernels():
