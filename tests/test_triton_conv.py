@@ -366,8 +366,10 @@ def test_grouped_conv2d_float(case, dtype):
 
 @pytest.mark.parametrize("case, cfg", [(G_CASES[4], conv.CONFIGS[-1]),
                                        (G_CASES[5], conv.CONFIGS[0]),
-                                       (G_CASES[3], conv.CONFIGS[6])], ids=["64x32", "128x128",
-                                                                            "64x64"])
+                                       (G_CASES[3], conv.CONFIGS[6]),
+                                       (G_CASES[5], conv.grouped_configs(8)[-2]),
+                                       (G_CASES[3], conv.grouped_configs(5)[-1])],
+                         ids=["64x32", "128x128", "64x64", "narrow-128x16", "narrow-64x16"])
 def test_grouped_conv2d_configs(case, cfg):
     """Tuning configs whose BLOCK_N is below Cout_g (tiles per group) and far above it."""
     x_shape, cout, kernel, stride, padding, dilation, groups = case
@@ -638,3 +640,14 @@ def test_epilogue_operand_errors():
     with pytest.raises(ValueError, match="epilogue starts from"):
         conv.conv2d(x, w, kernel_size=3, padding=1, epilogue=epi,
                     operands={2: torch.zeros(1, 8, 4, 4)})
+
+
+def test_grouped_configs_fit_the_group():
+    """Candidates for a grouped conv are no wider than its groups' output channels (>= 16) and
+    include the narrow tiles; every one is a valid conv config."""
+    for cout_g, width in ((8, 16), (16, 16), (24, 32), (64, 64)):
+        cfgs = conv.grouped_configs(cout_g)
+        assert all(c["BLOCK_N"] <= width for c in cfgs)
+        assert any(c["BLOCK_N"] == 16 for c in cfgs)
+        for c in cfgs:
+            assert conv.config_for(c, 64, int8=True) == c

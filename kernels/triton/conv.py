@@ -79,6 +79,18 @@ CONFIGS: list[dict] = [
     _config(128, 128, 32, 8, 4), _config(128, 64, 64, 4, 4), _config(64, 128, 64, 4, 4),
     _config(64, 64, 32, 4, 4), _config(128, 32, 32, 4, 4), _config(64, 32, 32, 2, 5),
 ]
+
+
+def grouped_configs(cout_per_group: int) -> list[dict]:
+    """Tuning candidates for a grouped conv. A tile of columns never straddles two groups, so a
+    tile wider than a group's output channels computes masked columns only: keep the CONFIGS no
+    wider than the group (at least 16), and add narrow BLOCK_N = 16 tiles for small groups
+    (RegNet's groups of 8-64 channels)."""
+    width = max(16, 1 << max(0, cout_per_group - 1).bit_length())
+    fit = [c for c in CONFIGS if c["BLOCK_N"] <= width]
+    return fit + [_config(128, 16, 32, 4, 4), _config(64, 16, 64, 2, 4)]
+
+
 # Small enough to be quick in the interpreter; BLOCK_K shrinks to Cin (>= 16) when not given.
 DEFAULT_CONFIG = _config(32, 32, 32, 4, 2)
 

@@ -188,10 +188,12 @@ def _conv(node: Node, w: Tensor) -> _Conv | str:
     if why is not None:
         return why
     if module is conv:
+        configs = conv.CONFIGS
         if groups > 1:
             geometry["groups"] = groups
+            configs = conv.grouped_configs(cout // groups)
         return _Conv("conv", conv.conv2d, conv.qconv2d, conv.prepare_weight(w), geometry,
-                     conv.CONFIGS)
+                     configs)
     return _Conv("depthwise", depthwise.depthwise_conv2d, depthwise.depthwise_qconv2d,
                   depthwise.prepare_depthwise_weight(w), geometry, depthwise.CONFIGS)
 
