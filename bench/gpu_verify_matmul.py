@@ -14,12 +14,12 @@ from fxforge.bench.gpu_verify_tools import (
     GELU,
     RELU,
     Verify,
-    check_result,
     close,
     combine,
     exact,
     float_epilogue,
     lsb,
+    per_config,
     quant_epilogue,
     random_int8,
 )
@@ -143,16 +143,12 @@ def v_gemm_configs(v: Verify):
         rng = v.rng("qcfg", m, n, k)
         x, w = random_int8(rng, (m, k)), random_int8(rng, (n, k))
         want = rq.qlinear_acc(x, w, 0)
-        for cfg in v.some(configs):
-            try:
-                r = exact(gemm.qlinear(v.t(x), v.t(w), v.t(np.ones(n, np.float32)), x_scale=1.0,
-                                       out_dtype="i32", config=cfg), want)
-            except Exception as e:  # a config that does not run is a failure of the check
-                r = check_result(False, None, "exact",
-                                 error=f"{cfg}: {type(e).__name__}: {e}"[:300])
-            out.append(r)
-            if not r["ok"]:
-                bad.append(cfg)
+        args = (v.t(x), v.t(w), v.t(np.ones(n, np.float32)))
+        results, failed = per_config(  # each config runs now, with this loop's args
+            v.some(configs), "exact", lambda cfg, args=args, want=want: exact(
+                gemm.qlinear(*args, x_scale=1.0, out_dtype="i32", config=cfg), want))
+        out += results
+        bad += failed
     return combine(*out, configs=len(out), failed_configs=bad)
 
 
@@ -273,17 +269,9 @@ def v_conv_configs(v: Verify):
     x, w = random_int8(rng, x_shape), random_int8(rng, (cout, x_shape[1], 3, 3))
     want = rq.qconv2d_acc(x, w, 0, (1, 1), (1, 1), (1, 1), 1)
     prepared, ones = conv.prepare_weight(v.t(w)), v.t(np.ones(cout, np.float32))
-    out, bad = [], []
-    for cfg in v.some(conv.CONFIGS):
-        try:
-            r = exact(conv.qconv2d(v.t(x, True), prepared, ones, kernel_size=(3, 3), x_scale=1.0,
-                                   padding=(1, 1), out_dtype="i32", config=cfg), want)
-        except Exception as e:
-            r = check_result(False, None, "exact",
-                             error=f"{cfg}: {type(e).__name__}: {e}"[:300])
-        out.append(r)
-        if not r["ok"]:
-            bad.append(cfg)
+    out, bad = per_config(v.some(conv.CONFIGS), "exact", lambda cfg: exact(conv.qconv2d(
+        v.t(x, True), prepared, ones, kernel_size=(3, 3), x_scale=1.0, padding=(1, 1),
+        out_dtype="i32", config=cfg), want))
     return combine(*out, configs=len(out), failed_configs=bad)
 
 

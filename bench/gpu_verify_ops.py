@@ -19,6 +19,7 @@ from fxforge.bench.gpu_verify_tools import (
     close,
     combine,
     exact,
+    per_config,
     random_int8,
     tensor_types,
 )
@@ -189,16 +190,8 @@ def v_attention_configs(v: Verify):
     from fxforge.kernels.triton import attention as att
 
     b, length, d = ((2, 3), 128, 64) if v.big else ((1, 1), 40, 16)
-    out, bad = [], []
-    for cfg in v.some(att.configs(d)):
-        try:
-            r = _attention(v, b, length, length, d, np.float16, config=cfg)
-        except Exception as e:
-            r = check_result(False, None, "f16",
-                             error=f"{cfg}: {type(e).__name__}: {e}"[:300])
-        out.append(r)
-        if not r["ok"]:
-            bad.append(cfg)
+    out, bad = per_config(v.some(att.configs(d)), "f16", lambda cfg: _attention(
+        v, b, length, length, d, np.float16, config=cfg))
     return combine(*out, configs=len(out), failed_configs=bad)
 
 

@@ -83,6 +83,21 @@ def combine(*results: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return out
 
 
+def per_config(configs, tol: str, run) -> tuple[list[dict[str, Any]], list[dict]]:
+    """`run(cfg)` (a check result) for each config; a config that raises is a failed check, named
+    with its error. Returns (results, the configs that failed)."""
+    out, bad = [], []
+    for cfg in configs:
+        try:
+            r = run(cfg)
+        except Exception as e:  # a config that does not run is a failure of the check
+            r = check_result(False, None, tol, error=f"{cfg}: {type(e).__name__}: {e}"[:300])
+        out.append(r)
+        if not r["ok"]:
+            bad.append(cfg)
+    return out, bad
+
+
 class Verify:
     """Inputs made with numpy, run on the device, compared on the host with the reference."""
 
