@@ -212,10 +212,12 @@ def _summarize(compiled, model, inputs: tuple, repeats: int) -> None:
 def _quant_options(args: argparse.Namespace, zoo_name: str | None, inputs: tuple) -> dict:
     """compile() options from the command line: for int8 targets `--calibrate N` batches (the
     digits model's training images, else random inputs shaped like the example); for Triton
-    targets `--no-autotune`."""
+    targets `--no-autotune` and `--no-cuda-graphs`."""
     options: dict[str, Any] = {}
     if TARGET_INFO[args.target].backend == "triton" and getattr(args, "no_autotune", False):
         options["autotune"] = False
+    if TARGET_INFO[args.target].backend == "triton" and getattr(args, "no_cuda_graphs", False):
+        options["cuda_graphs"] = False
     if TARGET_INFO[args.target].precision != "int8":
         return options
     options.update(calibration_method=args.calibration_method, min_sqnr=args.min_sqnr)
@@ -331,6 +333,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cuda targets (Triton kernels)")
     g.add_argument("--no-autotune", action="store_true",
                    help="use each kernel's default config instead of timing its candidates")
+    g.add_argument("--no-cuda-graphs", action="store_true",
+                   help="launch kernels one by one instead of replaying a CUDA graph")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:

@@ -110,6 +110,16 @@ def test_compile_command_reports_match_against_eager(capsys):
     assert "latency, median of 2" in out
 
 
+def test_compile_command_cuda_options(capsys):
+    """--no-autotune and --no-cuda-graphs reach compile (the kernels run under the interpreter,
+    which tests/conftest.py turns on)."""
+    assert main(["compile", "zoo:mlp", "--target", "cuda", "--no-autotune", "--no-cuda-graphs",
+                 "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA graphs: not asked" in out
+    assert "every IR op runs as a generated kernel or a view" in out
+
+
 def test_console_script_and_module_entry_points():
     for cmd in ([sys.executable, "-m", "compiler", "targets"],
                 [str(__import__("pathlib").Path(sys.executable).parent / "fxforge"), "targets"]):
