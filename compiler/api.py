@@ -382,6 +382,7 @@ class CompiledModel:
             entry.programs[str(self._device)] = program
             self.report.records[-1].kernels = list(program.assignments)
             self.report.records[-1].cuda_graphs = program.cuda_graph_status
+            self.report.records[-1].graph_status = lambda: program.cuda_graph_status
         self._entries[key] = entry
         self._latest = entry
         return entry
@@ -624,7 +625,8 @@ def compile(model: torch.nn.Module, target: str = "cpu", *, example_inputs: Any 
     (default: on a GPU, off under the interpreter); False for quick compiles. cuda_graphs: replay
     each compiled signature as a CUDA graph after its first call (one launch instead of one per
     kernel; results are copies, never the graph's buffers). Default None: on a CUDA device
-    wherever the graph allows it (no opaque torch_op, no symbolic dims); False: plain launches.
+    wherever the graph allows it (no opaque torch_op, no symbolic dims, no embedding / index /
+    gather of computed positions, which are range-checked on the host); False: plain launches.
     The report says which and why.
     """
     source = None

@@ -185,6 +185,7 @@ def save(compiled: CompiledModel, path: str | Path) -> Path:
         "kernels": [[str(a.node), a.op, a.kernel, a.reason] for r in compiled.report.records
                     for a in r.kernels],
         "kernel_configs": _kernel_configs(compiled), "autotune": compiled._autotune,
+        "cuda_graphs": compiled._cuda_graphs,
         "entries": {name: {"bytes": len(data), "sha256": _digest(data)}
                     for name, data in members.items()},
     }

@@ -172,6 +172,8 @@ def restore(path: str, manifest: Mapping[str, Any], graphs: list[Graph], report_
     autotune = manifest.get("autotune")
     model.target, model._target, model._quant = target.name, target, None
     model._autotune = autotune if isinstance(autotune, bool) else None
+    graphs = manifest.get("cuda_graphs")
+    model._cuda_graphs = graphs if isinstance(graphs, bool) else None
     model._model = model._manager = None
     model._device = None
     if target.backend == "triton":

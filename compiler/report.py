@@ -47,7 +47,18 @@ class CompileRecord:
     warnings: list[str] = field(default_factory=list)
     quantization: QuantAnalysis | None = None  # int8 targets with calibration data
     kernels: list[Any] = field(default_factory=list)  # Triton targets: kernels.triton Assignment
-    cuda_graphs: str = ""  # Triton targets: "on", "off: why", "not asked"
+    cuda_graphs: str = ""  # Triton targets: "on", "off: why", "not asked" (at compile time)
+    # the program's live status (a capture that fails later turns graphs off); not compared
+    graph_status: Any = field(default=None, repr=False, compare=False)
+
+
+def _record_dict(r: CompileRecord) -> dict[str, Any]:
+    """A record as plain data: the CUDA-graph status as it is now, not the callable behind it."""
+    d = asdict(r)
+    status = d.pop("graph_status")
+    if status is not None:
+        d["cuda_graphs"] = status()
+    return d
 
 
 def _si(n: float) -> str:
@@ -90,7 +101,7 @@ class Report:
         return {"target": self.target, "pipeline": list(self.pipeline), "int8": self.int8,
                 "int8_choices": list(self.int8_choices), "captures": self.captures,
                 "dynamic": self.dynamic, "specializations": list(self.specializations),
-                "records": [asdict(r) for r in self.records]}
+                "records": [_record_dict(r) for r in self.records]}
 
     def __str__(self) -> str:
         lines = [f"fxforge report: target {self.target}, pipeline "
@@ -137,8 +148,9 @@ class Report:
             lines += ["", *quantization_lines(r.quantization)]
         if r.kernels:
             lines += ["", *kernel_lines(r.kernels)]
-        if r.cuda_graphs:
-            lines.append(f"CUDA graphs: {r.cuda_graphs}")
+        graphs = r.graph_status() if r.graph_status is not None else r.cuda_graphs
+        if graphs:
+            lines.append(f"CUDA graphs: {graphs}")
         for w in r.warnings:
             lines.append(f"warning: {w}")
         # names come from the model: no character of theirs may break or rewrite a line

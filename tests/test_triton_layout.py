@@ -398,12 +398,17 @@ def test_more_than_six_dims_work_when_they_merge():
     _same(layout.pad(x, (1, 1)), F.pad(x, (1, 1)))
 
 
-def test_more_than_six_dims_that_do_not_merge_raise_value_error():
+def test_more_than_six_dims_that_do_not_merge():
+    """copy and pad refuse them by name; contiguous, which GEMM / conv / scan wrappers call on
+    inputs of any rank, falls back to torch's copy for them."""
     x = torch.randn(*[2] * 7)
     p = x.permute(6, 4, 2, 0, 5, 3, 1)
     with pytest.raises(ValueError, match=f"7 dims after merging; the kernel takes "
                                          f"{layout.MAX_RANK}"):
-        layout.contiguous(p)
+        layout.copy(p, torch.empty(p.shape))
+    assert not layout.fits(p, torch.empty(p.shape))
+    _same(layout.contiguous(p), p.contiguous())
+    _same(layout.memory_format(p[..., 0, 0, 0], "nhwc"), p[..., 0, 0, 0])
     with pytest.raises(ValueError, match="dims after merging"):
         layout.pad(torch.randn(*[2] * 7), (1, 1) * 7)
 
@@ -664,8 +669,8 @@ def test_constant_positions_are_checked_when_lowered():
     x = Value("x", TensorType((3, 4), "f32"))
     c = b.const(np.array([0, 4], dtype=np.int64))
     b("index", [x, c], dim=1)
-    with pytest.raises(IndexError, match="position 4 is out of range"):
-        lower(b.nodes[-1], Context({c.name: torch.tensor([0, 4])}))
+    why = lower(b.nodes[-1], Context({c.name: torch.tensor([0, 4])}))
+    assert isinstance(why, str) and "position 4 is out of range" in why  # torch says it again
     ok = lower(b.nodes[-1], Context({c.name: torch.tensor([0, -4])}))
     assert isinstance(ok, Lowered) and ok.kernel.startswith("index")
 
@@ -695,6 +700,8 @@ class _Pows(nn.Module):
 
 
 def test_pow_by_2_half_and_1_run_on_kernels():
+    """x ** 2 and x ** 1 become mul / identity steps; x ** 0.5 stays pow (on torch), since sqrt
+    differs from the reference's pow at -inf and -0.0."""
     model = _Pows()
     x = torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
     fast = fxforge.compile(model, "cuda", autotune=False)
@@ -702,10 +709,10 @@ def test_pow_by_2_half_and_1_run_on_kernels():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     kernels = fast.report.latest.kernels
-    assert all(k.kernel is not None for k in kernels), kernels
-    labels = " ".join(k.kernel for k in kernels)
-    assert "pow" not in labels and "sqrt" in labels and "mul" in labels
-    assert ALL_VIEWS_LINE in str(fast.report)
+    on_torch = [k for k in kernels if k.kernel is None]
+    assert len(on_torch) == 1 and "pow" in on_torch[0].reason, on_torch
+    labels = " ".join(k.kernel for k in kernels if k.kernel)
+    assert "pow" not in labels and "identity" in labels and "mul" in labels
 
 
 class _Cube(nn.Module):
@@ -755,7 +762,8 @@ def test_integer_pow_by_a_float_two_matches_eager():
 
 def test_pow_rewrite_needs_a_constant_scalar():
     x = Value("x", TensorType((4,), "f32"))
-    for value, rewritten in [(2.0, "mul"), (0.5, "sqrt"), (1.0, "identity"), (3.0, None),
+    # not 0.5: sqrt differs from pow at -inf and -0.0
+    for value, rewritten in [(2.0, "mul"), (0.5, None), (1.0, "identity"), (3.0, None),
                              (-1.0, None)]:
         b = GraphBuilder()
         c = b.const(np.array(value, dtype=np.float32))

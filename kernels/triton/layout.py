@@ -51,7 +51,7 @@ def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool,
     padded = [d for d in range(rank) if modes[d] is not None]
     params = ["src", "dst", "n", *(f"size{d}" for d in range(1, rank)),
               *(f"s{d}" for d in range(rank)), *(f"t{d}" for d in range(rank)),
-              *(f"lo{d}, in{d}" for d in padded), "fill"]
+              *(f"lo{d}, in{d}" for d in padded), "fill_ptr"]
     for k in range(n_index):
         params += [f"idx{k}", *(f"q{k}_{d}" for d in range(rank)), f"S{k}", f"n{k}"]
     lines = ["def copy_kernel(", f"    {', '.join(params)},", "    BLOCK: tl.constexpr,", "):",
@@ -78,12 +78,15 @@ def _source(rank: int, modes: tuple[str | None, ...], dtype: str, wide: bool,
     for k in range(n_index):  # positions were range-checked on the host
         where = " + ".join(f"i{d} * q{k}_{d}" for d in range(rank))
         lines.append(f"    p{k} = tl.load(idx{k} + {where}, mask=mask, other=0)")
+        if wide:  # int32 positions times a stride can pass 2**31
+            lines.append(f"    p{k} = p{k}.to(tl.int64)")
         lines.append(f"    p{k} = tl.where(p{k} < 0, p{k} + n{k}, p{k})")
         terms.append(f"p{k} * S{k}")
     dst = " + ".join(f"i{d} * t{d}" for d in range(rank))
     load_mask = " & ".join(["mask", *inside])
     lines.append(f"    v = tl.load(src + {' + '.join(terms)}, mask={load_mask}, other=0)")
     if inside:
+        lines.append("    fill = tl.load(fill_ptr)")
         lines.append(f"    v = tl.where({' & '.join(inside)}, v, fill).to({TL[dtype]})")
     lines.append(f"    tl.store(dst + {dst}, v, mask=mask)")
     return jit.HEADER + "\n".join(lines) + "\n"
@@ -165,8 +168,9 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, pads: Sequence[tuple[int, int]
     for d, (_, _, p) in enumerate(dims):
         if p is not None:
             args += [p[0], sizes[d] - p[0] - p[1]]
-    args.append(bool(fill) if dtype == "bool" else int(fill) if not dtypes.is_float(dtype)
-                else float(fill))
+    # the fill as one element of dst's dtype: a float argument would reach the kernel as fp32
+    constant = any(m is not None for m in modes) and mode == "constant"
+    args.append(torch.full((1,), fill, dtype=dst.dtype, device=dst.device) if constant else dst)
     for k, term in enumerate(index):
         args += [term.positions, *(st[2 + k] for _, st, _ in dims), term.stride, term.size]
     kernel = _kernel(len(dims), modes, dtype, wide, len(index))
@@ -181,11 +185,19 @@ def copy(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return _launch(src, dst, [None] * dst.dim())
 
 
+def fits(src: torch.Tensor, dst: torch.Tensor) -> bool:
+    """Whether the copy kernel can copy src into dst: at most MAX_RANK dims once merged."""
+    return len(_coalesce(dst.shape, [src.stride(), dst.stride()], [None] * dst.dim())) <= MAX_RANK
+
+
 def contiguous(x: torch.Tensor) -> torch.Tensor:
-    """x itself when contiguous, else a contiguous copy made by the copy kernel."""
+    """x itself when contiguous, else a contiguous copy made by the copy kernel (by torch for
+    the rare tensor of more than MAX_RANK dims that do not merge: the kernels that call this
+    take any rank)."""
     if x.is_contiguous():
         return x
-    return copy(x, torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return copy(x, out) if fits(x, out) else x.contiguous()
 
 
 def memory_format(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -196,7 +208,7 @@ def memory_format(x: torch.Tensor, layout: str) -> torch.Tensor:
         return x
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
-    return copy(x, out)
+    return copy(x, out) if fits(x, out) else x.contiguous(memory_format=torch.channels_last)
 
 
 def reshape(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

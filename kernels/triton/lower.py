@@ -21,7 +21,7 @@ import torch
 
 from fxforge import dtypes, ops
 from fxforge.ir import Node, TensorType
-from fxforge.kernels.triton.codegen import Epilogue
+from fxforge.kernels.triton.codegen import TL, Epilogue
 from fxforge.kernels.triton.lower_layout import RULES as LAYOUT_RULES
 from fxforge.kernels.triton.lowered import Config, Context, Lowered
 
@@ -303,25 +303,30 @@ def _chain(node: Node, steps: tuple, name: str) -> Lowered | str:
     return Lowered(name, run)
 
 
-# x ** c for a constant c that other steps express exactly (each correctly rounded, as the
-# reference's pow is): the table has no general pow
-_POW = {2.0: lambda i: {"op": "mul", "args": (i, i)}, 0.5: lambda i: {"op": "sqrt", "args": (i,)},
+# x ** c for a constant c that other steps express exactly (x * x is correctly rounded, as the
+# reference's pow is): the table has no general pow. Not 0.5: sqrt differs from pow at -inf and
+# -0.0.
+_POW = {2.0: lambda i: {"op": "mul", "args": (i, i)},
         1.0: lambda i: {"op": "identity", "args": (i,)}}
 
 
 def _constant_pow(steps: tuple, node: Node, ctx: Context) -> tuple:
-    """`steps` with each pow of a float base by a constant 0-d node input of _POW rewritten
-    (RMSNorm's x ** 2). An integer base stays pow: int ** 2.0 is a float power in torch, and an
-    integer multiply would overflow first."""
+    """`steps` with each pow by a constant 0-d node input of _POW rewritten (RMSNorm's x ** 2)
+    where the rewritten step has the pow's own result type: an integer base stays pow (int **
+    2.0 is a float power in torch, and an integer multiply would overflow first), and so does
+    a base whose dtype or shape the exponent would change (an f32 [1] exponent promotes an f16
+    base and broadcasts)."""
     in_types = [v.type for v in node.inputs]
-    values = in_types + list(ops.stage_types("fused_elementwise", in_types, {"steps": steps}))
+    stages = ops.stage_types("fused_elementwise", in_types, {"steps": steps})
+    values = in_types + list(stages)
     out = []
-    for step in steps:
-        if step["op"] == "pow" and step["args"][1] < len(node.inputs) and dtypes.is_float(
-                values[step["args"][0]].dtype):
+    for k, step in enumerate(steps):
+        if step["op"] == "pow" and step["args"][1] < len(node.inputs):
+            base = values[step["args"][0]]
             c = ctx.const(node.inputs[step["args"][1]])
-            if c is not None and c.numel() == 1 and float(c.reshape(())) in _POW:
-                step = _POW[float(c.reshape(()))](step["args"][0])
+            if c is not None and c.dim() == 0 and float(c) in _POW and \
+                    dtypes.is_float(base.dtype) and base == stages[k]:
+                step = _POW[float(c)](step["args"][0])
         out.append(step)
     return tuple(out)
 
@@ -378,8 +383,9 @@ def _attention(node: Node, ctx: Context) -> Lowered | str:
                                    config=config.value)
 
     mask = "" if len(types) == 3 else f", {types[3].dtype} mask"
+    widest = max(types[0].shape[-1], types[2].shape[-1])  # tiles must fit the wider head
     return Lowered(f"fused attention ({types[0].dtype}{', causal' if a['is_causal'] else ''}"
-                   f"{mask})", run, config.set, attention.configs(types[0].shape[-1]))
+                   f"{mask})", run, config.set, attention.configs(widest))
 
 
 _POOL_ATTRS = {"max_pool2d": ("kernel", "stride", "padding", "dilation", "ceil_mode"),
@@ -402,8 +408,10 @@ def _pool(node: Node, ctx: Context) -> Lowered | str:
 def _cumsum(node: Node, ctx: Context) -> Lowered | str:
     from fxforge.kernels.triton import reduce
 
-    dim, out = node.attrs["dim"], dtypes.to_torch(node.outputs[0].type.dtype)
-    return Lowered("row scan (cumsum)", lambda x: reduce.cumsum(x, dim, out))
+    dim, out = node.attrs["dim"], node.outputs[0].type.dtype
+    if out == "bool" or out not in TL:
+        return f"cumsum with a {out} result has no scan kernel"
+    return Lowered("row scan (cumsum)", lambda x: reduce.cumsum(x, dim, dtypes.to_torch(out)))
 
 
 def _per_tensor(op: str):
@@ -465,5 +473,5 @@ def lower(node: Node, ctx: Context) -> Lowered | str:
         return "no Triton kernel for this op"
     try:
         return rule(node, ctx)
-    except (ValueError, NotImplementedError) as e:
+    except (ValueError, NotImplementedError, IndexError) as e:  # the torch backend says it again
         return f"not handled: {e}"

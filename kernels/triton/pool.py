@@ -138,7 +138,9 @@ def _input(x: torch.Tensor, op: str) -> tuple[torch.Tensor, bool]:
         raise ValueError(f"{op} kernel takes {' / '.join(_DTYPES[op])}, not {x.dtype}")
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) == 1
     if not channels_last and not x.is_contiguous():
-        x, channels_last = x.contiguous(memory_format=torch.channels_last), True
+        from fxforge.kernels.triton import layout
+
+        x, channels_last = layout.memory_format(x, "nhwc"), True
     if x.numel() >= 2**31:
         raise ValueError(f"{op} input has {x.numel()} elements; 32-bit offsets hold fewer than "
                          "2**31")

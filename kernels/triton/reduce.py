@@ -299,8 +299,8 @@ def cumsum_kernel(x, y, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
         cols = c0 + tl.arange(0, BLOCK_N)
         mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
         at = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
-        t = tl.load(x + at, mask=mask, other=0).to(OUT).to(ACC)
-        tl.store(y + at, (tl.cumsum(t, 1) + carry[:, None]).to(OUT), mask=mask)
+        t = tl.load(x + at, mask=mask, other=0).to(OUT).to(WIDEN)
+        tl.store(y + at, (tl.cumsum(t, 1) + carry[:, None]).to(STORE), mask=mask)
         carry += tl.sum(t, 1)
 """
 
@@ -327,7 +327,12 @@ def cumsum(x: torch.Tensor, dim: int, out_dtype: torch.dtype,
         block_n = cfg.get("BLOCK_N", min(1024, max(16, next_pow2(n_cols))))
         block_m = cfg.get("BLOCK_M", max(1, min(64, TILE // block_n)))
         acc = "tl.float64" if dtypes.is_float(out) else "tl.int64"
-        source = _CUMSUM.replace("ACC", acc).replace("OUT", TL[out])
+        # bf16 through f32 both ways: Triton's interpreter converts between bf16 and f64 wrongly
+        bf16 = out == "bf16"
+        store = "tl.float32).to(tl.bfloat16" if bf16 else TL[out]
+        widen = f"tl.float32).to({acc}" if bf16 else acc
+        source = (_CUMSUM.replace("WIDEN", widen).replace("ACC", acc).replace("STORE", store)
+                  .replace("OUT", TL[out]))
         kernel = _build(source, "cumsum_kernel")
         kernel[(cdiv(n_rows, block_m),)](rows, y, n_rows, n_cols, BLOCK_M=block_m,
                                          BLOCK_N=block_n, num_warps=cfg.get("num_warps", 4))
