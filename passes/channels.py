@@ -371,8 +371,8 @@ def _decide(a: ChannelAnalysis) -> None:
     for root in members:
         keys = [a.positions.find((root, c)) for c in range(len(ok[root]))]
         removed = np.array([component_ok[k] for k in keys], bool)
-        if removed.all():  # never empty a space: keep its first channel (and its component)
-            component_ok[keys[0]] = False
+        if keys and removed.all():  # never empty a space: keep its first channel (and its
+            component_ok[keys[0]] = False  # component); a space of no channels has none to drop
     for root, names in members.items():
         removed = np.flatnonzero([component_ok[a.positions.find((root, c))]
                                   for c in range(len(ok[root]))])

@@ -391,6 +391,23 @@ def test_residual_add_with_both_branches_pruned_removes_the_channel():
     assert stats["channels-removed"] == 2
 
 
+class _EmptyPieces(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([x, x[:, :0]], 1) * 2, torch.cumsum(x[:0], 0)
+
+
+def test_a_value_with_no_channels_is_left_alone():
+    """A 0-size piece (cat with an empty slice, a scan of an empty slice) has no channel to keep
+    or drop; the pass used to index its first channel and fail."""
+    import fxforge
+
+    x = torch.randn(2, 3)
+    got = fxforge.compile(_EmptyPieces(), "cpu")(x)
+    want = _EmptyPieces()(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert got[1].shape == (0, 3)
+
+
 def test_concat_of_a_pruned_and_an_unpruned_branch_maps_indices():
     w3 = np.arange(12, dtype=np.float32) + 1
     after, _ = run_pass("remove-pruned-channels", f"""
