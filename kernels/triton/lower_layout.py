@@ -14,21 +14,18 @@ from collections.abc import Callable
 import torch
 
 from fxforge.ir import Node
+from fxforge.kernels.torch_backend import TORCH_IMPLS
 from fxforge.kernels.triton import layout
 from fxforge.kernels.triton.lowered import Context, Lowered
 
-
-def _slice(x: torch.Tensor, dim: int, start: int, end: int, step: int) -> torch.Tensor:
-    index = [slice(None)] * x.dim()
-    index[dim] = slice(start, end, step)
-    return x[tuple(index)]
+# ops whose torch implementation (kernels/torch_backend.py) is a view: metadata only, run as is
+_VIEWS = {"permute": "permute", "slice": "slice", "select": "select", "unsqueeze": "unsqueeze",
+          "squeeze": "squeeze", "expand": "expand, stride 0", "split": "split"}
 
 
-def _view(name: str, make: Callable[[Node], Callable[[torch.Tensor], object]]):
-    def rule(node: Node, ctx: Context) -> Lowered | str:
-        return Lowered(f"view ({name}, no copy)", make(node))
-
-    return rule
+def _view(node: Node, ctx: Context) -> Lowered | str:
+    impl, attrs = TORCH_IMPLS[node.op], dict(node.attrs)
+    return Lowered(f"view ({_VIEWS[node.op]}, no copy)", lambda x: impl(x, **attrs))
 
 
 def _too_many_dims(node: Node) -> str | None:
@@ -74,11 +71,6 @@ def _memory_format(node: Node, ctx: Context) -> Lowered | str:
     fmt = node.attrs["layout"]
     return Lowered(f"storage order to {fmt} (copy kernel; none when already so)",
                    lambda x: layout.memory_format(x, fmt))
-
-
-def _split(node: Node, ctx: Context) -> Lowered | str:
-    sizes, dim = list(node.attrs["sizes"]), node.attrs["dim"]
-    return Lowered("view (split, no copy)", lambda x: torch.split(x, sizes, dim))
 
 
 def _positions(node: Node, ctx: Context, what: str, size: int, negative: bool, which: int = 1
@@ -139,11 +131,6 @@ def _gather(node: Node, ctx: Context) -> Lowered | str:
     return Lowered("gather (indexed copy kernel)", run)
 
 
-def _squeeze(node: Node) -> Callable[[torch.Tensor], torch.Tensor]:
-    dims = tuple(node.attrs["dims"])
-    return lambda x: torch.squeeze(x, dims) if dims else x
-
-
 RULES = {
     "reshape": _copying(_reshape),
     "index": _copying(_index),
@@ -152,13 +139,5 @@ RULES = {
     "cat": _copying(_cat),
     "pad": _copying(_pad),
     "memory_format": _copying(_memory_format),
-    "split": _split,
-    "permute": _view("permute", lambda n: lambda x, d=tuple(n.attrs["dims"]): x.permute(d)),
-    "slice": _view("slice", lambda n: lambda x, a=dict(n.attrs): _slice(x, **a)),
-    "select": _view("select", lambda n: lambda x, a=dict(n.attrs): x.select(a["dim"],
-                                                                              a["index"])),
-    "unsqueeze": _view("unsqueeze", lambda n: lambda x, d=n.attrs["dim"]: x.unsqueeze(d)),
-    "squeeze": _view("squeeze", _squeeze),
-    "expand": _view("expand, stride 0", lambda n: lambda x, s=tuple(n.attrs["shape"]):
-                    x.expand(s)),
+    **{op: _view for op in _VIEWS},
 }
